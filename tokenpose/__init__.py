@@ -1,0 +1,9 @@
+"""tokenpose: the TokenPose human-pose model from training to production."""
+
+from __future__ import annotations
+
+from tokenpose.models import ModelConfig, TokenPose, create_model, list_variants
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "TokenPose", "create_model", "list_variants", "__version__"]
