@@ -17,7 +17,6 @@ import copy
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tokenpose.files import atomic_write
 from tokenpose.data.keypoints import COCO_SIGMAS, PIXEL_STD
 from tokenpose.evaluation.oks import oks_nms
 
@@ -228,16 +228,8 @@ class CocoEvaluator:
             The path written.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.results(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w") as f:
+            json.dump(self.results(), f)
         return path
 
     def evaluate(
