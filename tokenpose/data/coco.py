@@ -1,0 +1,176 @@
+"""Top-down COCO keypoint dataset: GT boxes for training, GT or detector boxes for evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from tokenpose.data.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS, COCO_UPPER_BODY
+from tokenpose.data.topdown import (
+    DatasetError,
+    PersonRecords,
+    TopDownDataset,
+    check_image_files,
+    handle_bad_data,
+)
+from tokenpose.data.transforms import (
+    COCO_AUGMENTATION,
+    Augmentation,
+    box_to_center_scale,
+    clip_box_to_image,
+)
+
+PERSON_CATEGORY_ID = 1
+
+
+class CocoKeypoints(TopDownDataset):
+    """COCO person keypoints, top-down.
+
+    ann_file: COCO keypoint json; image_dir: folder of the json's `file_name`s.
+    detections: optional detector results json (list of {image_id, category_id, bbox, score});
+    when given (evaluation), every person-category box with score >= det_score_threshold becomes a
+    sample with ann_id -1 and no joint labels; otherwise the ground-truth boxes are used, skipping
+    crowd annotations, annotations with area <= 0 and those without labelled keypoints (the
+    official rules, for training and GT-box evaluation alike).
+    train: official augmentation (COCO_AUGMENTATION unless `augmentation` is given).
+    on_bad: "raise" (default) or "skip" for missing/unreadable images, image ids missing from the
+    json and boxes that do not overlap their image; "skip" drops them with one warning giving
+    the count. check_images: verify image files at construction (existence, size, format
+    signature; `decode_images=True` also decodes each one), so `len()` counts usable samples.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        *,
+        input_hw: Sequence[int] = (256, 192),
+        heatmap_hw: Sequence[int] = (64, 48),
+        sigma: float = 2.0,
+        train: bool = False,
+        detections: str | os.PathLike | None = None,
+        det_score_threshold: float = 0.0,
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        on_bad: str = "raise",
+        check_images: bool = True,
+        decode_images: bool = False,
+    ) -> None:
+        if on_bad not in ("raise", "skip"):
+            raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
+        self.ann_file = os.fspath(ann_file)
+        self.image_dir = os.fspath(image_dir)
+        aspect_ratio = input_hw[1] / input_hw[0]
+        coco = self._load_json(self.ann_file)
+        if not isinstance(coco, dict) or "images" not in coco:
+            raise DatasetError(f"{self.ann_file!r} is not a COCO annotation file (no 'images' list)")
+        images = {int(im["id"]): im for im in coco["images"]}
+        if detections is None:
+            records, problems = self._gt_records(coco.get("annotations", []), images, aspect_ratio)
+        else:
+            records, problems = self._detection_records(
+                os.fspath(detections), images, aspect_ratio, det_score_threshold)
+        if check_images:
+            bad_files = check_image_files(records.image_paths, decode_images)
+            keep = np.array([p not in bad_files for p in records.image_paths], dtype=bool)
+            problems += [f"{bad_files[p]} (image id {i}, ann_id {a})" for p, i, a, k in
+                         zip(records.image_paths, records.image_ids, records.ann_ids, keep) if not k]
+            records = records.select(keep)
+        handle_bad_data(problems, on_bad, f"COCO dataset {self.ann_file!r}")
+        super().__init__(
+            records, input_hw=input_hw, heatmap_hw=heatmap_hw, sigma=sigma,
+            flip_pairs=COCO_FLIP_PAIRS, upper_body_ids=COCO_UPPER_BODY, train=train,
+            augmentation=(augmentation or COCO_AUGMENTATION) if train else None, seed=seed,
+        )
+
+    @classmethod
+    def from_config(cls, cfg, ann_file, image_dir, **kwargs) -> CocoKeypoints:
+        """Dataset with the input size, heatmap size and sigma of a COCO `ModelConfig`."""
+        if cfg.dataset != "coco":
+            raise ValueError(f"variant {cfg.name!r} is for {cfg.dataset!r}, not COCO")
+        return cls(ann_file, image_dir, input_hw=cfg.input_hw, heatmap_hw=cfg.heatmap_hw,
+                   sigma=cfg.sigma, **kwargs)
+
+    @staticmethod
+    def _load_json(path: str):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"annotation file not found: {path!r}") from None
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"annotation file {path!r} is not valid JSON: {e}") from None
+
+    def _image_path(self, image: dict) -> str:
+        return os.path.join(self.image_dir, image["file_name"])
+
+    def _gt_records(self, annotations: list[dict], images: dict[int, dict], aspect_ratio: float):
+        anns = [
+            a for a in annotations
+            if a.get("category_id", PERSON_CATEGORY_ID) == PERSON_CATEGORY_ID
+            and not a.get("iscrowd", 0)
+            and a.get("area", 1) > 0
+            and max(a.get("keypoints") or [0]) > 0
+        ]
+        problems = [f"annotation {a['id']}: image id {a['image_id']} is not in the json's images"
+                    for a in anns if int(a["image_id"]) not in images]
+        anns = [a for a in anns if int(a["image_id"]) in images]
+        sizes = np.array([[images[a["image_id"]]["width"], images[a["image_id"]]["height"]] for a in anns],
+                         dtype=np.float64).reshape(-1, 2)
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        clipped, valid = clip_box_to_image(boxes, sizes[:, 0], sizes[:, 1])
+        problems += [
+            f"annotation {a['id']}: box {a['bbox']} lies outside image "
+            f"{self._image_path(images[a['image_id']])!r} ({int(s[0])}x{int(s[1])})"
+            for a, s, v in zip(anns, sizes, valid) if not v
+        ]
+        anns = [a for a, v in zip(anns, valid) if v]
+        kpts = np.array([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), -1, 3)
+        if kpts.shape[1] != len(COCO_KEYPOINTS):
+            raise DatasetError(f"{self.ann_file!r}: expected {len(COCO_KEYPOINTS)} keypoints per person, "
+                               f"got {kpts.shape[1]}")
+        return self._records(
+            [self._image_path(images[a["image_id"]]) for a in anns],
+            [a["image_id"] for a in anns], [a["id"] for a in anns], clipped[valid],
+            np.ones(len(anns)), kpts, aspect_ratio,
+        ), problems
+
+    def _detection_records(self, det_file: str, images: dict[int, dict], aspect_ratio: float, threshold: float):
+        dets = self._load_json(det_file)
+        if not isinstance(dets, list):
+            raise DatasetError(f"detection file {det_file!r} must hold a list of detections")
+        dets = [d for d in dets if d.get("category_id", PERSON_CATEGORY_ID) == PERSON_CATEGORY_ID
+                and d["score"] >= threshold]
+        problems = [f"detection #{i} (score {d['score']:.3f}): image id {d['image_id']} is not in "
+                    f"{self.ann_file!r}" for i, d in enumerate(dets) if int(d["image_id"]) not in images]
+        dets = [d for d in dets if int(d["image_id"]) in images]
+        boxes = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+        sizes = np.array([[images[d["image_id"]]["width"], images[d["image_id"]]["height"]] for d in dets],
+                         dtype=np.float64).reshape(-1, 2)
+        _, valid = clip_box_to_image(boxes, sizes[:, 0], sizes[:, 1])
+        problems += [f"detection on image {d['image_id']}: box {d['bbox']} lies outside the image"
+                     for d, v in zip(dets, valid) if not v]
+        dets = [d for d, v in zip(dets, valid) if v]
+        # Detection boxes are used as given (not clipped), like the official loader.
+        return self._records(
+            [self._image_path(images[d["image_id"]]) for d in dets], [d["image_id"] for d in dets],
+            [-1] * len(dets), boxes[valid], [d["score"] for d in dets],
+            np.zeros((len(dets), len(COCO_KEYPOINTS), 3)), aspect_ratio,
+        ), problems
+
+    @staticmethod
+    def _records(paths, image_ids, ann_ids, boxes, scores, keypoints, aspect_ratio) -> PersonRecords:
+        centers, scales = box_to_center_scale(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), aspect_ratio)
+        keypoints = np.asarray(keypoints, dtype=np.float64).reshape(len(paths), len(COCO_KEYPOINTS), 3)
+        return PersonRecords(
+            image_paths=list(paths),
+            image_ids=np.asarray(image_ids, dtype=np.int64).reshape(-1),
+            ann_ids=np.asarray(ann_ids, dtype=np.int64).reshape(-1),
+            centers=centers, scales=scales,
+            box_scores=np.asarray(scores, dtype=np.float64).reshape(-1),
+            joints=keypoints[..., :2].copy(),
+            joints_vis=np.minimum(keypoints[..., 2], 1.0).astype(np.float32),
+        )
