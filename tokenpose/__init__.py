@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from tokenpose.engines import PosePrediction, PosePredictor, load_engine
 from tokenpose.models import ModelConfig, TokenPose, create_model, list_variants
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelConfig", "TokenPose", "create_model", "list_variants", "__version__"]
+__all__ = [
+    "ModelConfig",
+    "PosePrediction",
+    "PosePredictor",
+    "TokenPose",
+    "__version__",
+    "create_model",
+    "list_variants",
+    "load_engine",
+]

@@ -40,11 +40,12 @@ BACKENDS: dict[str, str] = {
     ".pth": "tokenpose.engines.torch_engine:TorchEngine.from_file",
     ".onnx": "tokenpose.engines.onnx_engine:OnnxEngine.from_file",
     ".engine": "tokenpose.engines.tensorrt_engine:TensorRTEngine.from_file",
+    ".pt2": "tokenpose.engines.aoti_engine:AotiEngine.from_file",
 }
 
 
 def load_engine(path: str | os.PathLike, **options: Any) -> Engine:
-    """Open an artifact with the backend its suffix names (`.pth`, `.onnx`, `.engine`)."""
+    """Open an artifact with the backend its suffix names (`.pth`, `.onnx`, `.engine`, `.pt2`)."""
     path = Path(path)
     target = BACKENDS.get(path.suffix.lower())
     if target is None:
@@ -58,3 +59,30 @@ def load_engine(path: str | os.PathLike, **options: Any) -> Engine:
     for part in factory.split("."):
         obj = getattr(obj, part)
     return obj(path, **options)
+
+
+def check_engine_input(images: Any, config: ModelConfig, max_batch: int | None, engine: str) -> np.ndarray:
+    """Validate an engine's input batch; return it as a C-contiguous float32 array.
+
+    images: (B, 3, H, W) with (H, W) = config.input_hw, 1 <= B <= max_batch (when set).
+    Raises InputShapeError naming the engine and what was expected, before any backend sees it.
+    """
+    from tokenpose.errors import InputShapeError
+
+    if not isinstance(images, np.ndarray):
+        raise InputShapeError(f"{engine} engine: expected a numpy array (B, 3, H, W), got {type(images).__name__}")
+    h, w = config.input_hw
+    if images.ndim != 4 or images.shape[1:] != (3, h, w):
+        raise InputShapeError(
+            f"{engine} engine for variant {config.name!r}: expected input (B, 3, {h}, {w}), got {tuple(images.shape)}"
+        )
+    if images.shape[0] < 1:
+        raise InputShapeError(f"{engine} engine: empty batch (B = 0)")
+    if max_batch is not None and images.shape[0] > max_batch:
+        raise InputShapeError(
+            f"{engine} engine: batch {images.shape[0]} exceeds the engine's maximum batch {max_batch} "
+            "(split the batch or rebuild the engine with a larger batch range)"
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputShapeError(f"{engine} engine: expected float32 normalised images, got dtype {images.dtype}")
+    return np.ascontiguousarray(images, dtype=np.float32)

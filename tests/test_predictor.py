@@ -1,0 +1,232 @@
+"""PosePredictor, the evaluation runner, the detector and the drawing, on coco_mini."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from test_engines import build_artifacts, peaked_model
+
+from tokenpose.data.coco import CocoKeypoints
+from tokenpose.data.heatmaps import HeatmapCodec
+from tokenpose.data.transforms import ImageReadError, affine_points, get_affine_transforms, read_image
+from tokenpose.engines import PosePrediction, PosePredictor, load_engine
+from tokenpose.engines.detector import WHOLE_IMAGE_SCORE, HogPersonDetector, detect_people, hog_available
+from tokenpose.engines.drawing import draw_poses
+from tokenpose.engines.torch_engine import TorchEngine
+from tokenpose.errors import InputShapeError, TokenPoseError
+from tokenpose.evaluation import CocoEvaluator
+from tokenpose.evaluation.runner import evaluate, open_dataset
+
+COCO_MINI = Path(__file__).parent / "fixtures" / "coco_mini"
+ANN = COCO_MINI / "annotations" / "person_keypoints_mini.json"
+IMAGE = COCO_MINI / "images" / "000000000785.jpg"  # 640x425, one person
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return build_artifacts(tmp_path_factory.mktemp("predictor"))
+
+
+class CountingEngine:
+    """A real engine that also counts its calls and batch sizes."""
+
+    def __init__(self, engine) -> None:
+        self.inner = engine
+        self.name, self.precision, self.config = engine.name, engine.precision, engine.config
+        self.manifest, self.max_batch = engine.manifest, engine.max_batch
+        self.batches: list[int] = []
+
+    def __call__(self, images):
+        self.batches.append(len(images))
+        return self.inner(images)
+
+
+def coco_pycocotools(results: list[dict]) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ANN))
+        ev = COCOeval(gt, gt.loadRes(results), "keypoints")
+        ev.params.imgIds = sorted({r["image_id"] for r in results})
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def gt_through_codec() -> tuple[CocoKeypoints, np.ndarray, np.ndarray]:
+    """Ground truth -> heatmap coords -> encode -> decode -> image coords, for every GT person."""
+    ds = CocoKeypoints(ANN, COCO_MINI / "images")
+    rec = ds.records
+    codec = HeatmapCodec((256, 192), (64, 48), 2.0)
+    mats = get_affine_transforms(rec.centers, rec.scales, 0.0, (48, 64))
+    joints_hm = affine_points(rec.joints, mats)
+    targets, _ = codec.encode(joints_hm, rec.joints_vis)  # unlabelled joints: empty maps
+    keypoints, maxvals = codec.decode(targets, rec.centers, rec.scales)
+    return ds, keypoints, maxvals
+
+
+def test_ground_truth_through_encode_decode_gives_ap_near_one():
+    ds, keypoints, maxvals = gt_through_codec()
+    rec = ds.records
+    assert len(rec) >= 150
+    ev = CocoEvaluator(ANN)
+    ev.add(rec.image_ids, keypoints, maxvals, rec.centers, rec.scales, rec.box_scores)
+    # Images whose labelled joints all lie inside their crops' heatmaps: what a top-down model
+    # can output at all. (In 11 of 182 coco_mini persons a labelled joint, mostly a foot, lies
+    # outside the 1.25x-padded GT box; no crop-based prediction can reach it.)
+    mats = get_affine_transforms(rec.centers, rec.scales, 0.0, (48, 64))
+    hm = affine_points(rec.joints, mats)
+    inside = ((hm >= 0) & (hm <= [47, 63])).all(-1) | (rec.joints_vis == 0)
+    bad_images = set(rec.image_ids[~inside.all(1)].tolist())
+    representable = sorted(set(rec.image_ids.tolist()) - bad_images)
+    assert len(representable) >= 55
+    assert ev.evaluate(representable)["AP"] >= 0.99
+    assert ev.evaluate()["AP"] >= 0.985  # all images: 0.989, the top-down ceiling on coco_mini
+
+
+def test_evaluator_ap_equals_pycocotools_on_the_same_results(tmp_path):
+    ds, keypoints, maxvals = gt_through_codec()
+    rec = ds.records
+    rng = np.random.default_rng(0)
+    noisy = keypoints + rng.normal(0, 6.0, keypoints.shape)  # a realistic AP, not 1.0
+    ev = CocoEvaluator(ANN)
+    ev.add(rec.image_ids, noisy, maxvals * rng.uniform(0.3, 1.0, maxvals.shape), rec.centers, rec.scales,
+           rec.box_scores)
+    stats = ev.evaluate()
+    path = ev.write_results(tmp_path / "results.json")
+    direct = coco_pycocotools(json.loads(path.read_text()))
+    assert 0.2 < stats["AP"] < 0.99
+    np.testing.assert_allclose(list(stats.values()), direct, atol=1e-12)
+
+
+def test_runner_results_file_scores_the_same_with_pycocotools(artifacts, tmp_path):
+    engine = load_engine(artifacts["onnx"])
+    data = open_dataset(COCO_MINI, engine.config, max_images=6)
+    report = evaluate(engine, data, results_file=tmp_path / "res.json")
+    direct = coco_pycocotools(json.loads((tmp_path / "res.json").read_text()))
+    assert report.num_persons == len(data.records) and report.num_images == 6
+    np.testing.assert_allclose(list(report.metrics.values()), direct, atol=1e-12)
+
+
+def test_same_metrics_from_torch_and_onnx_engines(artifacts):
+    results = []
+    for path in (artifacts["pth"], artifacts["onnx"]):
+        engine = load_engine(path)
+        results.append(evaluate(engine, open_dataset(COCO_MINI, engine.config, max_images=6), flip_test=True).metrics)
+    assert results[0] == pytest.approx(results[1], abs=1e-9)
+
+
+def test_predict_one_image_batches_and_skips_bad_boxes(artifacts):
+    engine = CountingEngine(load_engine(artifacts["pth"], max_batch=2))
+    predictor = PosePredictor(engine)
+    boxes = [[277, 45, 225, 333], [10, 10, 0, 50], [700, 10, 40, 40], [100, 50, 80, 160], [np.nan, 0, 5, 5],
+             [600, 300, 100, 200]]  # the last one sticks out of the image but overlaps it: kept
+    with pytest.warns(UserWarning, match=r"skipped 3 box\(es\).*#1.*#2.*#4"):
+        pred = predictor.predict(str(IMAGE), boxes, box_scores=[0.9, 0.1, 0.2, 0.8, 0.5, 0.7])
+    assert isinstance(pred, PosePrediction)
+    assert len(pred) == 3 and pred.skipped == [1, 2, 4]
+    assert engine.batches == [2, 1]
+    assert pred.keypoints.shape == (3, 17, 2) and pred.scores.shape == (3, 17)
+    np.testing.assert_array_equal(pred.box_scores, [0.9, 0.8, 0.7])
+    assert pred.image_hw == (425, 640)
+    coco = pred.to_coco(785)
+    assert len(coco) == 3 and len(coco[0]["keypoints"]) == 51 and coco[0]["image_id"] == 785
+
+
+def test_predict_list_of_images_shares_batches(artifacts):
+    engine = CountingEngine(load_engine(artifacts["pth"], max_batch=4))
+    predictor = PosePredictor(engine)
+    image = read_image(IMAGE)
+    boxes_a = np.array([[277, 45, 225, 333], [100, 50, 80, 160], [300, 100, 100, 200]], dtype=float)
+    boxes_b = np.array([[50, 50, 200, 300], [250, 60, 120, 240]], dtype=float)
+    preds = predictor.predict([image, image[:, ::-1].copy()], [boxes_a, boxes_b])
+    assert engine.batches == [4, 1]  # 5 people of 2 images: one full chunk, then the rest
+    alone = PosePredictor(load_engine(artifacts["pth"])).predict(image[:, ::-1].copy(), boxes_b)
+    np.testing.assert_allclose(preds[1].keypoints, alone.keypoints, atol=1e-6)
+    assert [len(p) for p in preds] == [3, 2]
+
+
+def test_flip_test_is_the_official_average(artifacts):
+    engine = CountingEngine(load_engine(artifacts["pth"]))
+    box = np.array([[277, 45, 225, 333]], dtype=float)
+    flipped = PosePredictor(engine, flip_test=True).predict(str(IMAGE), box)
+    assert engine.batches == [2]  # the crop and its mirror image in one call
+    plain = PosePredictor(engine).predict(str(IMAGE), box)
+    inputs = PosePredictor(engine).crops([read_image(IMAGE)], np.zeros(1, dtype=int), plain.centers, plain.scales)
+    hm = engine.inner(inputs)
+    hm_flip = engine.inner(np.ascontiguousarray(inputs[..., ::-1]))
+    codec = HeatmapCodec.from_config(engine.config)
+    want, want_mv = codec.decode(codec.flip_test(hm, hm_flip, engine.config.flip_pairs), plain.centers, plain.scales)
+    np.testing.assert_allclose(flipped.keypoints, want, atol=1e-9)
+    np.testing.assert_allclose(flipped.scores, want_mv[..., 0], atol=1e-7)
+
+
+def test_predict_without_boxes_returns_empty_without_calling_the_engine(artifacts):
+    engine = CountingEngine(load_engine(artifacts["pth"]))
+    pred = PosePredictor(engine).predict(str(IMAGE), np.zeros((0, 4)))
+    assert len(pred) == 0 and engine.batches == [] and pred.keypoints.shape == (0, 17, 2)
+
+
+def test_bad_images_give_clear_errors(artifacts, tmp_path):
+    predictor = PosePredictor(load_engine(artifacts["pth"]))
+    box = [[0, 0, 10, 10]]
+    with pytest.raises(InputShapeError, match="empty image"):
+        predictor.predict(np.zeros((0, 0, 3), dtype=np.uint8), box)
+    with pytest.raises(InputShapeError, match="uint8"):
+        predictor.predict(np.zeros((20, 20, 3), dtype=np.float32), box)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty"):
+        predictor.predict(tmp_path / "empty.jpg", box)
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageReadError):
+        predictor.predict(tmp_path / "junk.jpg", box)
+    with pytest.raises(InputShapeError, match="2 images but 1 box lists"):
+        predictor.predict([np.zeros((20, 20, 3), np.uint8)] * 2, [box])
+    grey = predictor.predict(np.full((64, 48), 128, dtype=np.uint8), [[0, 0, 48, 64]])
+    assert len(grey) == 1
+
+
+def test_non_finite_heatmaps_are_an_error_not_a_result():
+    model = peaked_model()
+    with torch.no_grad():
+        [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1].bias[0] = float("nan")
+    predictor = PosePredictor(TorchEngine(model))
+    with pytest.raises(TokenPoseError, match="non-finite heatmaps"):
+        predictor.predict(str(IMAGE), [[277, 45, 225, 333]])
+
+
+def test_detector_finds_boxes_or_falls_back_to_the_whole_image():
+    image = read_image(IMAGE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        boxes, scores = detect_people(image)
+    assert boxes.shape[1] == 4 and len(boxes) == len(scores) >= 1
+    if hog_available():
+        found, _ = HogPersonDetector()(image)
+        assert (found[:, 2:] > 0).all()
+    else:
+        np.testing.assert_array_equal(boxes, [[0, 0, 640, 425]])
+        assert scores[0] == WHOLE_IMAGE_SCORE
+        with pytest.raises(TokenPoseError, match="no HOG people detector"):
+            detect_people(image, whole_image_fallback=False)
+
+
+def test_draw_poses_marks_the_joints():
+    image = np.zeros((200, 200, 3), dtype=np.uint8)
+    kpts = np.tile(np.array([[100.0, 100.0]]), (17, 1))[None]
+    kpts[0, 5], kpts[0, 6] = (50, 50), (150, 50)  # shoulders: a visible link
+    scores = np.ones((1, 17))
+    scores[0, 16] = 0.0
+    out = draw_poses(image, kpts, scores, boxes=np.array([[20, 20, 160, 160]]))
+    assert image.sum() == 0 and out.sum() > 0  # input untouched
+    assert out[50, 100].any()  # on the shoulder-shoulder line
+    with pytest.raises(ValueError, match="no skeleton for 5 joints"):
+        draw_poses(image, np.zeros((1, 5, 2)), np.ones((1, 5)))

@@ -1,0 +1,85 @@
+"""Skeleton overlays in the usual COCO colours (mmpose's scheme): face blue, left limbs green,
+right limbs orange; MPII uses the same left/right colouring."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from tokenpose.data.keypoints import COCO_SKELETON, MPII_SKELETON
+
+# BGR colours (OpenCV order).
+FACE = (255, 153, 51)
+LEFT = (0, 255, 0)
+RIGHT = (0, 128, 255)
+CENTRE = (255, 255, 255)
+
+_COCO_LEFT = {1, 3, 5, 7, 9, 11, 13, 15}
+_COCO_RIGHT = {2, 4, 6, 8, 10, 12, 14, 16}
+_MPII_LEFT = {3, 4, 5, 13, 14, 15}
+_MPII_RIGHT = {0, 1, 2, 10, 11, 12}
+
+
+def _joint_colour(j: int, left: set[int], right: set[int], face: set[int]) -> tuple[int, int, int]:
+    if j in face:
+        return FACE
+    return LEFT if j in left else RIGHT if j in right else CENTRE
+
+
+def _link_colour(a: int, b: int, left: set[int], right: set[int], face: set[int]) -> tuple[int, int, int]:
+    if a in face and b in face:
+        return FACE
+    if a in left and b in left:
+        return LEFT
+    if a in right and b in right:
+        return RIGHT
+    return CENTRE
+
+
+def skeleton_for(num_joints: int) -> tuple[tuple[tuple[int, int], ...], set[int], set[int], set[int]]:
+    """(links, left joints, right joints, face joints) for 17 (COCO) or 16 (MPII) joints."""
+    if num_joints == 17:
+        return COCO_SKELETON, _COCO_LEFT - {1, 3}, _COCO_RIGHT - {2, 4}, {0, 1, 2, 3, 4}
+    if num_joints == 16:
+        return MPII_SKELETON, _MPII_LEFT, _MPII_RIGHT, {8, 9}
+    raise ValueError(f"no skeleton for {num_joints} joints (expected 17 for COCO or 16 for MPII)")
+
+
+def draw_poses(
+    image_bgr: np.ndarray,
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    *,
+    boxes: np.ndarray | None = None,
+    keypoint_threshold: float = 0.3,
+    skeleton: Sequence[tuple[int, int]] | None = None,
+) -> np.ndarray:
+    """A copy of `image_bgr` (H, W, 3) uint8 with every pose drawn.
+
+    keypoints: (N, J, 2) image pixels; scores: (N, J) joint confidences (joints and links below
+    `keypoint_threshold` are not drawn); boxes: optional (N, 4) xywh drawn as thin rectangles.
+    Line width and dot size scale with the image size.
+    """
+    out = image_bgr.copy()
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64).reshape(keypoints.shape[:2])
+    links, left, right, face = skeleton_for(keypoints.shape[1])
+    links = skeleton if skeleton is not None else links
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    radius = thick + 2
+    for n in range(keypoints.shape[0]):
+        if boxes is not None:
+            x, y, w, h = (int(round(v)) for v in boxes[n])
+            cv2.rectangle(out, (x, y), (x + w, y + h), (200, 200, 200), 1, cv2.LINE_AA)
+        pts = keypoints[n]
+        ok = (scores[n] >= keypoint_threshold) & np.isfinite(pts).all(axis=1)
+        for a, b in links:
+            if ok[a] and ok[b]:
+                pa, pb = tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b])
+                cv2.line(out, pa, pb, _link_colour(a, b, left, right, face), thick + 1, cv2.LINE_AA)
+        for j in np.flatnonzero(ok):
+            centre = tuple(int(round(v)) for v in pts[j])
+            cv2.circle(out, centre, radius, _joint_colour(int(j), left, right, face), -1, cv2.LINE_AA)
+    return out

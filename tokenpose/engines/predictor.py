@@ -1,0 +1,251 @@
+"""PosePredictor: person boxes in, keypoints in image pixels out, in batches, with any engine.
+
+For one image or a list of images, every person box is cropped (`preprocess_crops` of the data
+pipeline: box -> center/scale with the x1.25 padding, unbiased affine, ImageNet normalisation),
+the crops of all images go into one batch (split only at the engine's max batch), each chunk is
+one engine call, and the heatmaps are decoded in one vectorised pass (`HeatmapCodec`: argmax +
+DARK, inverse affine back to the image). The optional flip test is the official one: the mirrored
+crops run in the same call and their heatmaps are flipped back and averaged, with no shift.
+
+A box that is not finite, has zero size or lies outside its image is skipped with a warning; its
+index is kept in `PosePrediction.skipped`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokenpose.data.heatmaps import HeatmapCodec
+from tokenpose.data.transforms import box_to_center_scale, flip_back_heatmaps, preprocess_crops, read_image
+from tokenpose.engines.base import Engine
+from tokenpose.errors import InputShapeError, TokenPoseError
+from tokenpose.evaluation.coco import rescore
+
+ImageLike = np.ndarray | str | os.PathLike
+
+
+@dataclass
+class PosePrediction:
+    """The people found in one image. N people, J joints; pixels of the input image, 0-based.
+
+    keypoints: (N, J, 2) float64 (x, y); scores: (N, J) float32 heatmap maxima (joint confidence);
+    boxes: (N, 4) float64 the (x, y, w, h) boxes used; box_scores: (N,) float64;
+    centers: (N, 2) pixels and scales: (N, 2) units of 200 px, the crops taken;
+    scores_person: (N,) the official rescoring (mean joint score above 0.2, times the box score);
+    skipped: indices into the caller's boxes that were not usable (bad size / outside the image).
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    box_scores: np.ndarray
+    centers: np.ndarray
+    scales: np.ndarray
+    image_hw: tuple[int, int]
+    skipped: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    @property
+    def scores_person(self) -> np.ndarray:
+        if len(self) == 0:
+            return np.zeros(0)
+        return rescore(self.scores, self.box_scores)
+
+    def to_coco(self, image_id: int, category_id: int = 1) -> list[dict]:
+        """COCO keypoint results: one dict per person (keypoints = [x, y, score] * J)."""
+        person = self.scores_person
+        return [
+            {
+                "image_id": int(image_id), "category_id": int(category_id),
+                "keypoints": [float(v) for v in np.concatenate([k, s[:, None]], axis=1).reshape(-1)],
+                "score": float(p), "bbox": [float(v) for v in b], "box_score": float(bs),
+            }
+            for k, s, p, b, bs in zip(self.keypoints, self.scores, person, self.boxes, self.box_scores)
+        ]
+
+
+def as_bgr_image(image: ImageLike) -> np.ndarray:
+    """A path (read with `read_image`) or an array -> BGR uint8 (H, W, 3).
+
+    Arrays may be (H, W) grey, (H, W, 3) BGR or (H, W, 4) BGRA uint8. Raises InputShapeError for
+    an empty or otherwise unusable array; FileNotFoundError / ImageReadError for files.
+    """
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise InputShapeError(f"expected an image path or a numpy array, got {type(image).__name__}")
+    if image.size == 0:
+        raise InputShapeError(f"empty image (shape {image.shape})")
+    if image.dtype != np.uint8:
+        raise InputShapeError(f"expected a uint8 image (as cv2.imread returns), got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputShapeError(f"expected an (H, W, 3) BGR image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(N,) bool: finite, width and height > 0, and overlapping the image [0, W) x [0, H)."""
+    h, w = image_hw
+    x, y, bw, bh = boxes.T
+    finite = np.isfinite(boxes).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        return finite & (bw > 0) & (bh > 0) & (x < w) & (y < h) & (x + bw > 0) & (y + bh > 0)
+
+
+class PosePredictor:
+    """Top-down pose estimation with any `Engine`.
+
+    engine: the Engine (see `tokenpose.load_engine`); flip_test: the official flip test (two
+    passes' worth of crops per call); batch_size: the most crops per engine call (default: the
+    engine's max_batch, else 32). The predictor keeps no state between calls.
+    """
+
+    def __init__(self, engine: Engine, *, flip_test: bool = False, batch_size: int | None = None) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.flip_test = bool(flip_test)
+        limit = engine.max_batch
+        size = batch_size or limit or 32
+        if limit is not None:
+            size = min(size, limit)
+        if size < 1:
+            raise TokenPoseError(f"batch size must be >= 1, got {size}")
+        self.batch_size = size
+        self.codec = HeatmapCodec.from_config(self.config)
+
+    def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
+        """Run the engine on (N, 3, H, W) float32 crops in chunks -> (N, J, h, w) float32 heatmaps.
+
+        With flip_test, each chunk carries the crops and their mirror images (so a chunk holds
+        batch_size // 2 people when that is >= 1), and the result is the official average.
+        Raises TokenPoseError when the engine returns the wrong shape or non-finite values.
+        """
+        n = inputs.shape[0]
+        j, (h, w) = self.config.num_joints, self.config.heatmap_hw
+        out = np.empty((n, j, h, w), dtype=np.float32)
+        paired = self.flip_test and self.batch_size >= 2
+        step = self.batch_size // 2 if paired else self.batch_size
+        for start in range(0, n, step):
+            chunk = inputs[start:start + step]
+            k = chunk.shape[0]
+            if self.flip_test:
+                mirrored = np.ascontiguousarray(chunk[..., ::-1])
+                if paired:
+                    both = self._run(np.concatenate([chunk, mirrored]))
+                    plain, flipped = both[:k], both[k:]
+                else:
+                    plain, flipped = self._run(chunk), self._run(mirrored)
+                out[start:start + k] = (plain + flip_back_heatmaps(flipped, self.config.flip_pairs)) * 0.5
+            else:
+                out[start:start + k] = self._run(chunk)
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        hm = self.engine(batch)
+        want = (batch.shape[0], self.config.num_joints, *self.config.heatmap_hw)
+        if not isinstance(hm, np.ndarray) or hm.shape != want:
+            raise TokenPoseError(
+                f"{self.engine.name} engine returned heatmaps of shape {getattr(hm, 'shape', None)}, expected {want}"
+            )
+        if not np.isfinite(hm).all():
+            raise TokenPoseError(
+                f"{self.engine.name} engine ({self.engine.precision}) returned non-finite heatmaps "
+                "(NaN/Inf: an overflow in reduced precision?)"
+            )
+        return hm
+
+    def predict_regions(
+        self, images: Sequence[np.ndarray], image_index: np.ndarray, centers: np.ndarray, scales: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Crops given directly as center/scale (the dataset's boxes): keypoints in image pixels.
+
+        images: BGR uint8 (H, W, 3) arrays; image_index (N,) which image each crop comes from;
+        centers (N, 2) pixels, scales (N, 2) units of 200 px.
+        Returns keypoints (N, J, 2) float64 and maxvals (N, J, 1) float32.
+        """
+        inputs = self.crops(images, image_index, centers, scales)
+        return self.codec.decode(self.heatmaps(inputs), centers, scales)
+
+    def crops(self, images: Sequence[np.ndarray], image_index: np.ndarray, centers: np.ndarray,
+              scales: np.ndarray) -> np.ndarray:
+        """The model inputs (N, 3, H, W) float32 of the crops, in the order given."""
+        n = len(centers)
+        inputs = np.empty((n, 3, *self.config.input_hw), dtype=np.float32)
+        for i, image in enumerate(images):  # one warp batch per image
+            sel = np.flatnonzero(image_index == i)
+            if sel.size:
+                inputs[sel] = preprocess_crops(image, centers[sel], scales[sel], self.config.input_hw)
+        return inputs
+
+    def predict(
+        self,
+        image: ImageLike | Sequence[ImageLike],
+        boxes: np.ndarray | Sequence | Sequence[np.ndarray],
+        box_scores: np.ndarray | Sequence | None = None,
+    ) -> PosePrediction | list[PosePrediction]:
+        """Keypoints of the people in `boxes`.
+
+        image: one image (path or BGR uint8 array (H, W, 3)) or a list of them.
+        boxes: (N, 4) person boxes (x, y, w, h) in that image's pixels, or a list of such arrays,
+        one per image. box_scores: (N,) (or a list), default 1.
+        Returns one PosePrediction, or a list for a list of images. All crops of all images share
+        one batch (chunked at the engine's max batch).
+        """
+        single = isinstance(image, np.ndarray | str | os.PathLike)
+        images = [image] if single else list(image)
+        box_lists = [boxes] if single else list(boxes)
+        if box_scores is None:
+            score_lists = [None] * len(images)
+        else:
+            score_lists = [box_scores] if single else list(box_scores)
+        if len(box_lists) != len(images) or len(score_lists) != len(images):
+            raise InputShapeError(f"got {len(images)} images but {len(box_lists)} box lists / {len(score_lists)} score lists")
+        arrays = [as_bgr_image(im) for im in images]
+
+        per_image = []
+        for i, (arr, b, s) in enumerate(zip(arrays, box_lists, score_lists)):
+            b = np.asarray(b, dtype=np.float64).reshape(-1, 4) if np.size(b) else np.zeros((0, 4))
+            s = np.ones(len(b)) if s is None else np.asarray(s, dtype=np.float64).reshape(-1)
+            if s.shape != (len(b),):
+                raise InputShapeError(f"image {i}: {len(b)} boxes but {s.size} box scores")
+            ok = usable_boxes(b, arr.shape[:2])
+            skipped = np.flatnonzero(~ok).tolist()
+            if skipped:
+                shown = ", ".join(f"#{k} {np.round(b[k], 1).tolist()}" for k in skipped[:5])
+                warnings.warn(
+                    f"image {i} ({arr.shape[1]}x{arr.shape[0]}): skipped {len(skipped)} box(es) with zero size, "
+                    f"non-finite values or outside the image: {shown}", stacklevel=2,
+                )
+            per_image.append((b[ok], s[ok], skipped))
+
+        boxes_all = np.concatenate([p[0] for p in per_image])
+        image_index = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(per_image)]).astype(np.int64)
+        centers, scales = box_to_center_scale(boxes_all, self.config.aspect_ratio)
+        centers, scales = centers.reshape(-1, 2), scales.reshape(-1, 2)
+        if len(boxes_all):
+            keypoints, maxvals = self.predict_regions(arrays, image_index, centers, scales)
+        else:
+            keypoints = np.zeros((0, self.config.num_joints, 2))
+            maxvals = np.zeros((0, self.config.num_joints, 1), dtype=np.float32)
+
+        results = []
+        for i, (arr, (b, s, skipped)) in enumerate(zip(arrays, per_image)):
+            sel = image_index == i
+            results.append(PosePrediction(
+                keypoints=keypoints[sel], scores=maxvals[sel][..., 0], boxes=b, box_scores=s,
+                centers=centers[sel], scales=scales[sel], image_hw=tuple(arr.shape[:2]), skipped=skipped,
+            ))
+        return results[0] if single else results

@@ -1,0 +1,171 @@
+"""PyTorch engine: a TokenPose checkpoint (`.pth`) run eagerly or compiled, on CPU or CUDA.
+
+The variant of a checkpoint comes, in this order, from the `variant=` option, from metadata the
+checkpoint carries (`variant`, `model_config`, or a training `config` holding `variant`), or from
+matching its key shapes against every variant (only an exact match is accepted).
+Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenpose.engines.base import check_engine_input
+from tokenpose.errors import CheckpointError, TokenPoseError
+from tokenpose.models.config import VARIANTS, ModelConfig, get_config
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _config_from_metadata(value: Any) -> ModelConfig | None:
+    """A variant name, a `{"model_config": {...}}` dict (TrainConfig.to_dict) or a ModelConfig dict."""
+    if isinstance(value, ModelConfig):
+        return value
+    if isinstance(value, str):
+        return get_config(value)
+    if isinstance(value, Mapping):
+        fields = dict(value.get("model_config", value))
+        if "backbone" not in fields:
+            return None
+        for key in ("input_hw", "heatmap_hw", "patch_hw"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        known = set(ModelConfig.__dataclass_fields__)
+        return ModelConfig(**{k: v for k, v in fields.items() if k in known})
+    return None
+
+
+def checkpoint_config(checkpoint: Mapping, source: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig a loaded checkpoint was saved for (metadata first, then key shapes).
+
+    Raises CheckpointError when neither the metadata nor an exact shape match names a variant.
+    """
+    from tokenpose.models.checkpoints import _closest_variant, unwrap_state_dict
+
+    candidates = [checkpoint.get("variant"), checkpoint.get("model_config")]
+    train_cfg = checkpoint.get("config")
+    if isinstance(train_cfg, Mapping):
+        candidates.append(train_cfg.get("variant"))
+    for value in candidates:
+        cfg = _config_from_metadata(value) if value is not None else None
+        if cfg is not None:
+            return cfg
+    sd = unwrap_state_dict(checkpoint, source)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    name, exact = _closest_variant(shapes)
+    if not exact:
+        raise CheckpointError(
+            f"{source}: cannot tell which variant this checkpoint is for (no variant metadata, and its "
+            f"key shapes match no variant exactly; closest {name!r}): pass the variant explicitly"
+        )
+    return VARIANTS[name]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TokenPoseError(f"device must be auto, cpu, cuda or cuda:N for a PyTorch engine, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TokenPoseError(f"device {str(device)!r} requested but CUDA is not available to PyTorch here")
+    return dev
+
+
+class TorchEngine:
+    """A TokenPose `nn.Module` behind the Engine protocol.
+
+    `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
+    precision: "fp32", or "fp16"/"bf16" autocast on the engine's device; compile: `torch.compile`.
+    max_batch: the largest batch one call accepts (None: unlimited).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        max_batch: int | None = None,
+        manifest: dict[str, Any] | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise TokenPoseError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if max_batch is not None and max_batch < 1:
+            raise TokenPoseError(f"max_batch must be >= 1, got {max_batch}")
+        self.device = _device(device)
+        self.precision = precision
+        self.config: ModelConfig = model.config
+        self.max_batch = max_batch
+        self.model = model.eval().to(self.device)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.manifest = manifest if manifest is not None else self._manifest(None, None)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        variant: str | ModelConfig | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        max_batch: int | None = None,
+        **unused: Any,
+    ) -> TorchEngine:
+        """Open a `.pth` checkpoint (official layout, ours or a training checkpoint)."""
+        from tokenpose.models.checkpoints import load_official_state_dict, read_checkpoint
+        from tokenpose.models.tokenpose import TokenPose
+
+        _reject_options(unused, "torch")
+        path = Path(path)
+        ckpt = read_checkpoint(path)
+        if not isinstance(ckpt, Mapping):
+            raise CheckpointError(f"{path}: expected a state_dict or a dict holding one, got {type(ckpt).__name__}")
+        cfg = get_config(variant) if variant is not None else checkpoint_config(ckpt, str(path))
+        model = TokenPose(cfg)
+        load_official_state_dict(model, ckpt, source=str(path))
+        engine = cls(model, device=device, precision=precision, compile=compile, max_batch=max_batch)
+        engine.manifest = engine._manifest(path, ckpt)
+        return engine
+
+    def _manifest(self, path: Path | None, ckpt: Mapping | None) -> dict[str, Any]:
+        from tokenpose.export.manifest import Manifest, sha256_file
+
+        digest = sha256_file(path) if path is not None else ""
+        batch = {"min": 1, "opt": self.max_batch or 1, "max": self.max_batch or 0}
+        return Manifest.for_config(
+            self.config, artifact=path.name if path else "", format="pytorch", precision=self.precision,
+            batch=batch, checkpoint=path.name if path else None, checkpoint_sha256=digest or None,
+            sha256=digest, random_weights=path is None and ckpt is None,
+        ).to_dict()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
+        x = check_engine_input(images, self.config, self.max_batch, self.name)
+        tensor = torch.from_numpy(x).to(self.device, non_blocking=True)
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                     enabled=dtype is not None):
+            out = self._forward(tensor)
+        return out.float().cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"TorchEngine({self.config.name}, {self.device}, {self.precision})"
+
+
+def _reject_options(unused: Mapping[str, Any], backend: str) -> None:
+    """Options meant for other backends are ignored when None, an error otherwise."""
+    given = sorted(k for k, v in unused.items() if v is not None)
+    if given:
+        raise TokenPoseError(f"option(s) {', '.join(given)} do not apply to the {backend} engine")
