@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m tokenpose.demo
 
 test: $(STAMP)
+	@scripts/install_cpp_deps.sh || echo "C++ build dependencies missing: tests/test_cpp.py will be skipped"
 	$(PY) -m pytest -q
 
 clean:

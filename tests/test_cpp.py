@@ -1,0 +1,373 @@
+"""The C++ example (cpp/) against the Python pipeline on the same AOTInductor package.
+
+Builds `tokenpose_cpp` with CMake into build/cpp (incremental: a rebuild with nothing changed
+takes about a second), exports a tiny TokenPose-T to `.pt2` once (cached in build/cpp-test under
+a key of the model/export sources and the torch version), runs the program on real COCO images
+with their ground-truth boxes, and compares it with `PosePredictor(AotiEngine)`:
+
+* model input (crop, colour order, normalisation): identical floats;
+* decoding (argmax + DARK + inverse affine) of the same heatmaps: equal to 1e-9 px;
+* end to end, keypoints within 0.01 px, scores and person scores within 1e-5;
+* bad input (missing files, bad JSON, empty or malformed boxes, broken model): exit status 1 or 2
+  and a one-line message, never a crash.
+
+Skipped only when cmake, a C++ compiler or the OpenCV / nlohmann-json development files are
+missing (scripts/install_cpp_deps.sh installs them); with TOKENPOSE_REQUIRE_CPP=1 (CI) a missing
+dependency is a failure instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CPP_SRC = ROOT / "cpp"
+BUILD = ROOT / "build" / "cpp"
+CACHE = ROOT / "build" / "cpp-test"
+COCO_MINI = ROOT / "tests" / "fixtures" / "coco_mini"
+REQUIRE = os.environ.get("TOKENPOSE_REQUIRE_CPP", "") not in ("", "0")
+BATCH_RANGE = "1:8:16"
+# Images with many people; the first boxes of each, plus boxes that probe the edge cases.
+IMAGES = ("000000129648.jpg", "000000184613.jpg", "000000293802.jpg")
+BOXES_PER_IMAGE = 6
+KEYPOINT_TOL_PX = 0.01
+
+
+def _crop_warp() -> str:
+    """The C++ crop arithmetic that equals this Python's cv2.warpAffine: OpenCV 5 computes in float32
+    (reimplemented in C++, `--warp float`), every OpenCV 4 in fixed point (the C++ program calls the
+    OpenCV 4 it links, `--warp opencv`). See cpp/src/preprocess.cpp."""
+    import cv2
+
+    return "float" if int(cv2.__version__.split(".")[0]) >= 5 else "opencv"
+
+pytestmark = pytest.mark.slow
+
+
+def _missing(reason: str):
+    if REQUIRE:
+        pytest.fail(f"TOKENPOSE_REQUIRE_CPP is set but {reason} (run scripts/install_cpp_deps.sh)")
+    pytest.skip(f"{reason}; run scripts/install_cpp_deps.sh to enable the C++ parity test")
+
+
+@contextmanager
+def _locked(name: str):
+    """An exclusive lock, so concurrent pytest runs in one checkout do not build over each other."""
+    BUILD.parent.mkdir(parents=True, exist_ok=True)
+    with open(BUILD.parent / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def cpp_binary() -> Path:
+    """Configure (once) and build the example; the path of `tokenpose_cpp`."""
+    if shutil.which("cmake") is None:
+        _missing("cmake is not installed")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        _missing("no C++ compiler (c++/g++/clang++) is installed")
+    with _locked("cpp-build"):
+        cache = BUILD / "CMakeCache.txt"
+        if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={CPP_SRC}" not in cache.read_text():
+            shutil.rmtree(BUILD)  # configured from another checkout: start over
+        if not cache.is_file():
+            cmd = ["cmake", "-S", str(CPP_SRC), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release",
+                   f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", "-DTOKENPOSE_WITH_TENSORRT=OFF"]
+            if shutil.which("ninja"):
+                cmd += ["-G", "Ninja"]
+            if shutil.which("ccache"):
+                cmd += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+            done = _run(cmd)
+            if done.returncode != 0:
+                text = done.stdout + done.stderr
+                shutil.rmtree(BUILD, ignore_errors=True)
+                for dep in ("OpenCV", "nlohmann/json"):
+                    if f"tokenpose: {dep}" in text:
+                        _missing(f"the {dep} development files are not installed")
+                pytest.fail(f"cmake configure failed:\n{text[-4000:]}")
+        done = _run(["cmake", "--build", str(BUILD), "-j", "2"])
+        if done.returncode != 0:
+            pytest.fail(f"building cpp/ failed:\n{(done.stdout + done.stderr)[-6000:]}")
+    binary = BUILD / "tokenpose_cpp"
+    assert binary.is_file(), f"the build produced no {binary}"
+    return binary
+
+
+def _tiny_config():
+    from tokenpose.models.config import VARIANTS
+
+    # A one-layer T with narrow tokens: real TokenPose code paths, a short AOTInductor compile.
+    return dataclasses.replace(VARIANTS["t"], name="t-cpp-test", depth=1, heads=2, dim=32, mlp_hidden=64,
+                               head_hidden=32)
+
+
+def _cache_key(cfg) -> str:
+    h = hashlib.sha256()
+    h.update(f"{torch.__version__}|{sys.version_info[:2]}|{cfg!r}|{BATCH_RANGE}|seed0".encode())
+    for path in sorted((ROOT / "tokenpose" / "models").glob("*.py")) + [
+        ROOT / "tokenpose" / "export" / "aoti.py", ROOT / "tokenpose" / "export" / "manifest.py",
+    ]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def tiny_pt2() -> Path:
+    """A tiny TokenPose-T exported with `export_aoti` (seeded weights), reused while its sources are unchanged."""
+    from tokenpose.export.aoti import export_aoti
+    from tokenpose.models import create_model
+
+    cfg = _tiny_config()
+    folder = CACHE / _cache_key(cfg)
+    path = folder / "tiny.pt2"
+    with _locked("cpp-pt2"):
+        if not (path.is_file() and (folder / "tiny.pt2.json").is_file()):
+            shutil.rmtree(CACHE, ignore_errors=True)  # drop packages of older sources
+            torch.manual_seed(0)
+            model = create_model(cfg)
+            started = time.perf_counter()
+            export_aoti(model, path, batch=BATCH_RANGE)
+            (folder / "export_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pt2):
+    from tokenpose.engines.aoti_engine import AotiEngine
+
+    return AotiEngine.from_file(tiny_pt2)
+
+
+def _gt_boxes(file_name: str) -> tuple[list[list[float]], tuple[int, int]]:
+    with open(COCO_MINI / "annotations" / "person_keypoints_mini.json") as f:
+        coco = json.load(f)
+    image = next(i for i in coco["images"] if i["file_name"] == file_name)
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image["id"]]
+    return boxes[:BOXES_PER_IMAGE], (image["height"], image["width"])
+
+
+def _cases() -> list[tuple[str, list[list[float]], list[float]]]:
+    """(image, boxes, box scores): GT boxes, one crossing the top-left corner (zero-border crop),
+    one with zero width and one outside the image (both skipped)."""
+    cases = []
+    for k, name in enumerate(IMAGES):
+        boxes, (_, w) = _gt_boxes(name)
+        boxes = [list(map(float, b)) for b in boxes]
+        boxes.insert(1, [-40.0, -25.5, 110.0, 180.25])
+        boxes.append([10.0, 10.0, 0.0, 50.0])
+        boxes.append([w + 5.0, 0.0, 40.0, 60.0])
+        scores = [round(0.5 + 0.07 * i + 0.1 * k, 3) for i in range(len(boxes))]
+        cases.append((name, boxes, scores))
+    return cases
+
+
+def _run_cpp(binary: Path, model: Path, image: Path, boxes_json, tmp: Path, *extra: str,
+             dumps: bool = True) -> tuple[dict, Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    boxes_path = tmp / "boxes.json"
+    boxes_path.write_text(json.dumps(boxes_json))
+    out, dump_in, dump_hm = tmp / "keypoints.json", tmp / "input.f32", tmp / "heatmaps.f32"
+    if dumps:
+        extra = ("--dump-input", str(dump_in), "--dump-heatmaps", str(dump_hm), *extra)
+    done = _run([str(binary), "--model", str(model), str(image), str(boxes_path), "-o", str(out), "--warp",
+                 _crop_warp(), *extra], timeout=300)
+    assert done.returncode == 0, f"tokenpose_cpp failed ({done.returncode}):\n{done.stderr}"
+    return json.loads(out.read_text()), dump_in, dump_hm
+
+
+@pytest.mark.parametrize("case", range(len(IMAGES)), ids=list(IMAGES))
+def test_cpp_matches_python_predictor(cpp_binary, tiny_pt2, engine, tmp_path, case):
+    import cv2
+
+    from tokenpose.data.heatmaps import HeatmapCodec
+    from tokenpose.data.transforms import read_image
+    from tokenpose.engines.predictor import PosePredictor
+
+    name, boxes, scores = _cases()[case]
+    image_path = COCO_MINI / "images" / name
+    boxes_json = [{"bbox": b, "score": s} for b, s in zip(boxes, scores)]
+    got, dump_in, dump_hm = _run_cpp(cpp_binary, tiny_pt2, image_path, boxes_json, tmp_path)
+
+    predictor = PosePredictor(engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped boxes are expected
+        want = predictor.predict(image_path, np.array(boxes), np.array(scores))
+    assert got["skipped"] == want.skipped == [len(boxes) - 2, len(boxes) - 1]
+    people = got["people"]
+    assert [p["index"] for p in people] == [i for i in range(len(boxes)) if i not in want.skipped]
+    n, cfg = len(people), engine.config
+    assert n == len(want) >= 5
+
+    np.testing.assert_allclose([p["center"] for p in people], want.centers, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([p["scale"] for p in people], want.scales, rtol=0, atol=1e-12)
+
+    # 1. Pre-processing: the C++ crop + normalisation give the very same floats as Python's.
+    cpp_input = np.fromfile(dump_in, dtype="<f4").reshape(n, 3, *cfg.input_hw)
+    py_input = predictor.crops([read_image(image_path)], np.zeros(n, dtype=np.int64), want.centers, want.scales)
+    diff = np.abs(cpp_input - py_input)
+    assert diff.max() == 0, (
+        f"C++ model input differs from Python's: max {diff.max():.3g} on {(diff > 0).mean():.1%} of values "
+        f"(Python cv2 {cv2.__version__}, C++ --warp {_crop_warp()} with {got['opencv']}; see cpp/src/preprocess.cpp)"
+    )
+
+    # 2. Decoding: Python's codec on the C++ heatmaps gives the C++ keypoints.
+    cpp_heatmaps = np.fromfile(dump_hm, dtype="<f4").reshape(n, cfg.num_joints, *cfg.heatmap_hw)
+    cpp_kpts = np.array([[k[:2] for k in p["keypoints"]] for p in people])
+    cpp_scores = np.array([[k[2] for k in p["keypoints"]] for p in people])
+    codec = HeatmapCodec.from_config(cfg)
+    decoded, maxvals = codec.decode(cpp_heatmaps, want.centers, want.scales)
+    np.testing.assert_allclose(cpp_kpts, decoded, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(cpp_scores.astype(np.float32), maxvals[..., 0])
+
+    # 3. End to end against PosePredictor on the same package.
+    err = np.abs(cpp_kpts - want.keypoints).max()
+    assert err <= KEYPOINT_TOL_PX, f"C++ keypoints differ from Python by up to {err:.4f} px"
+    np.testing.assert_allclose(cpp_scores, want.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([p["score"] for p in people], want.scores_person, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([p["box_score"] for p in people], want.box_scores, rtol=0, atol=0)
+
+    # The comparison is sharp enough to see DARK: without it the keypoints move well past the tolerance.
+    plain, _ = codec.decode(cpp_heatmaps, want.centers, want.scales, dark=False)
+    assert np.abs(plain - cpp_kpts).max() > 20 * KEYPOINT_TOL_PX
+
+
+def test_cpp_chunked_batches_and_plain_box_lists(cpp_binary, tiny_pt2, tmp_path):
+    """`--batch 2` splits the crops into several engine calls (with and without keeping every input
+    for the dump); a plain [[x, y, w, h]] list and {"boxes": ...} work."""
+    name, boxes, _ = _cases()[0]
+    image = COCO_MINI / "images" / name
+    whole, _, _ = _run_cpp(cpp_binary, tiny_pt2, image, boxes, tmp_path / "whole")
+    split, _, _ = _run_cpp(cpp_binary, tiny_pt2, image, {"boxes": boxes}, tmp_path / "split", "--batch", "2")
+    lean, _, _ = _run_cpp(cpp_binary, tiny_pt2, image, boxes, tmp_path / "lean", "--batch", "2", dumps=False)
+    a = np.array([p["keypoints"] for p in whole["people"]])
+    assert a.shape[0] >= 5
+    for other in (split, lean):
+        b = np.array([p["keypoints"] for p in other["people"]])
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    assert all(p["box_score"] == 1.0 for p in whole["people"])
+
+
+BAD_INPUTS = {
+    # name: (files to write {name: bytes | None for 'copy of the model'}, argv after the binary, status, message)
+    "missing image": ({}, ["--model", "{model}", "{tmp}/nope.jpg", "{boxes}"], 1, "image file not found"),
+    "image not decodable": ({"fake.jpg": b"this is not a jpeg"}, ["--model", "{model}", "{tmp}/fake.jpg", "{boxes}"],
+                            1, "image file"),
+    "empty image file": ({"empty.jpg": b""}, ["--model", "{model}", "{tmp}/empty.jpg", "{boxes}"], 1,
+                         "image file is empty"),
+    "missing boxes": ({}, ["--model", "{model}", "{image}", "{tmp}/nope.json"], 1, "boxes file not found"),
+    "bad json": ({"bad.json": b"[[10, 20, 30, 40]"}, ["--model", "{model}", "{image}", "{tmp}/bad.json"], 1,
+                 "is not valid JSON"),
+    "empty boxes": ({"empty.json": b"[]"}, ["--model", "{model}", "{image}", "{tmp}/empty.json"], 1, "holds no boxes"),
+    "box of 3 numbers": ({"short.json": b"[[1, 2, 3]]"}, ["--model", "{model}", "{image}", "{tmp}/short.json"], 1,
+                         "box #0 must be 4 numbers"),
+    "box with a string": ({"str.json": b'[{"bbox": [1, 2, "w", 4]}]'},
+                          ["--model", "{model}", "{image}", "{tmp}/str.json"], 1, "box #0 must be 4 numbers"),
+    "json object without boxes": ({"obj.json": b'{"people": []}'}, ["--model", "{model}", "{image}", "{tmp}/obj.json"],
+                                  1, "expected [[x, y, w, h]"),
+    "no usable box": ({"out.json": b"[[5000, 5000, 10, 10], [0, 0, 0, 10]]"},
+                      ["--model", "{model}", "{image}", "{tmp}/out.json"], 1, "none of the 2 boxes"),
+    "missing model": ({}, ["--model", "{tmp}/nope.pt2", "{image}", "{boxes}"], 1, "model file not found"),
+    "model without manifest": ({"lonely.pt2": None}, ["--model", "{tmp}/lonely.pt2", "{image}", "{boxes}"], 1,
+                               "no manifest"),
+    "corrupt model": ({"broken.pt2": b"PK\x03\x04 not really a zip", "broken.pt2.json": "manifest"},
+                      ["--model", "{tmp}/broken.pt2", "{image}", "{boxes}"], 1, "cannot load the AOTInductor package"),
+    "no arguments": ({}, [], 2, "--model MODEL is required"),
+    "bad --batch": ({}, ["--model", "{model}", "--batch", "0", "{image}", "{boxes}"], 2, "--batch needs an integer"),
+    "bad --warp": ({}, ["--model", "{model}", "--warp", "cubic", "{image}", "{boxes}"], 2, "crop warp must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
+    files, argv, status, message = BAD_INPUTS[case]
+    for fname, data in files.items():
+        if data is None:
+            shutil.copy(tiny_pt2, tmp_path / fname)
+        elif data == "manifest":
+            manifest = json.loads(Path(str(tiny_pt2) + ".json").read_text())
+            manifest["artifact"] = fname[: -len(".json")]
+            (tmp_path / fname).write_text(json.dumps(manifest))
+        else:
+            (tmp_path / fname).write_bytes(data)
+    boxes = tmp_path / "good_boxes.json"
+    boxes.write_text("[[100, 50, 120, 240]]")
+    values = {"model": str(tiny_pt2), "tmp": str(tmp_path), "image": str(COCO_MINI / "images" / IMAGES[0]),
+              "boxes": str(boxes)}
+    done = _run([str(cpp_binary), *[a.format(**values) for a in argv]], timeout=120)
+    assert done.returncode == status, (
+        f"expected exit status {status}, got {done.returncode} (negative: killed by a signal)\n{done.stderr}"
+    )
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("tokenpose_cpp: error: ") and message in first, done.stderr
+    assert done.stdout == ""
+
+
+def test_aoti_engine_follows_the_engine_protocol(engine, tiny_pt2, tmp_path):
+    from tokenpose.engines.base import Engine
+    from tokenpose.errors import InputShapeError
+    from tokenpose.export.manifest import ManifestError
+
+    assert isinstance(engine, Engine)
+    assert (engine.name, engine.precision, engine.max_batch) == ("aoti", "fp32", 16)
+    assert engine.manifest["format"] == "pt2" and engine.manifest["verification"]["aoti_vs_torch"]["passed"]
+    out = engine(np.zeros((2, 3, *engine.config.input_hw), np.float32))
+    assert out.shape == (2, engine.config.num_joints, *engine.config.heatmap_hw) and out.dtype == np.float32
+    with pytest.raises(InputShapeError, match="exceeds the engine's maximum batch 16"):
+        engine(np.zeros((17, 3, *engine.config.input_hw), np.float32))
+    with pytest.raises(InputShapeError, match="expected input"):
+        engine(np.zeros((1, 3, 128, 96), np.float32))
+
+    from tokenpose.engines.aoti_engine import AotiEngine
+
+    tampered = tmp_path / tiny_pt2.name
+    shutil.copy(tiny_pt2, tampered)
+    shutil.copy(f"{tiny_pt2}.json", f"{tampered}.json")
+    with open(tampered, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="does not match its manifest"):
+        AotiEngine.from_file(tampered)
+
+
+def test_pt2_is_in_the_engine_suffix_table(tiny_pt2):
+    from tokenpose.engines.aoti_engine import AotiEngine
+    from tokenpose.engines.base import BACKENDS, load_engine
+
+    assert BACKENDS.get(".pt2") == "tokenpose.engines.aoti_engine:AotiEngine.from_file", (
+        "register '.pt2' in BACKENDS (tokenpose/engines/base.py) so load_engine opens AOTInductor packages"
+    )
+    assert isinstance(load_engine(tiny_pt2), AotiEngine)
+
+
+def test_export_aoti_rejects_bad_arguments(tmp_path):
+    from tokenpose.export.aoti import export_aoti
+
+    with pytest.raises(ValueError, match="must end in .pt2"):
+        export_aoti("t", tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match="batch range"):
+        export_aoti("t", tmp_path / "model.pt2", batch="8:1:4")
+    with pytest.raises(ValueError, match="'sha256' cannot be set"):
+        export_aoti("t", tmp_path / "model.pt2", manifest_fields={"sha256": "0" * 64})
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,216 @@
+"""AOTInductor export: a TokenPose model as a `.pt2` package for libtorch (C++) and Python.
+
+`export_aoti` traces the model with `torch.export.export` (batch axis dynamic, `Dim("batch")`
+over the manifest's batch range), compiles it ahead of time with
+`torch._inductor.aoti_compile_and_package`, checks the compiled package against the eager model,
+and only then moves it to its final name and writes the manifest `<file>.pt2.json` beside it
+(DESIGN convention 7). The same file runs in C++ (`torch::inductor::AOTIModelPackageLoader`,
+see `cpp/`) and in Python (`tokenpose.engines.aoti_engine.AotiEngine`).
+
+A package holds machine code: CPU packages are compiled for the exporting machine's instruction
+set (recorded as `AOTI_CPU_ISA` in the package metadata and `cpu_isa` in the manifest), CUDA
+packages for its GPU architecture. Export on the kind of machine that will run it. Compiling
+needs a C++ compiler (g++/clang) at export time; loading does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenpose.errors import TokenPoseError
+from tokenpose.export.manifest import BatchRange, Manifest, set_default_mode, sha256_file, write_manifest
+from tokenpose.models.config import ModelConfig
+
+__all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti"]
+
+AOTI_SUFFIX = ".pt2"
+DEFAULT_BATCH = BatchRange(1, 8, 32)
+INPUT_NAME = "images"
+OUTPUT_NAME = "heatmaps"
+
+
+class AotiExportError(TokenPoseError):
+    """The AOTInductor export failed or the compiled package did not match the eager model."""
+
+
+@dataclass
+class AotiExport:
+    """What `export_aoti` wrote: the package, its manifest and the parity figures."""
+
+    path: Path
+    manifest: Path
+    report: dict
+
+
+def aoti_artifact_name(variant: str, precision: str = "fp32") -> str:
+    """`tokenpose_<variant>_<precision>.pt2`, the naming of the other exported artifacts."""
+    return f"tokenpose_{variant}_{precision}{AOTI_SUFFIX}"
+
+
+def _as_model(model_or_variant, checkpoint) -> tuple[torch.nn.Module, bool]:
+    """(model in eval mode, random_weights) from a module, a variant name or a ModelConfig."""
+    if isinstance(model_or_variant, torch.nn.Module):
+        if checkpoint is not None:
+            raise ValueError("pass a checkpoint only with a variant name or config, not with a model")
+        if not isinstance(getattr(model_or_variant, "config", None), ModelConfig):
+            raise TypeError("the model must be a TokenPose module (it needs a `.config` ModelConfig)")
+        return model_or_variant, False
+    from tokenpose.models import create_model
+
+    return create_model(model_or_variant, checkpoint), checkpoint is None
+
+
+def export_aoti(
+    model_or_variant: torch.nn.Module | str | ModelConfig,
+    out_path: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    batch: BatchRange | str = DEFAULT_BATCH,
+    device: str = "cpu",
+    verify_batches: Sequence[int] = (1, 3),
+    tolerance: float = 1e-4,
+    manifest_fields: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> AotiExport:
+    """Export a TokenPose model to an AOTInductor package `out_path` (`.pt2`) plus its manifest.
+
+    model_or_variant: a TokenPose module (its weights are used as they are), a variant name or a
+    ModelConfig (built with `checkpoint`, or random weights when None).
+    batch: the batch sizes the package accepts, `BatchRange` or "min:opt:max" (min and max bound
+    the dynamic batch dimension; opt is only recorded). device: "cpu" or "cuda".
+    verify_batches: batch sizes on which the compiled package is compared with the eager model;
+    the largest |heatmap difference| must be <= tolerance, else AotiExportError and nothing is
+    written. The package is compiled into a temporary folder beside `out_path` and renamed into
+    place, so an interrupted export never leaves half a file under the final name.
+    manifest_fields: extra or overriding Manifest fields, e.g. `checkpoint`, `checkpoint_sha256` and
+    `random_weights` when a pipeline passes a model it built from a checkpoint itself.
+    Returns AotiExport(path, manifest path, report).
+    """
+    out_path = Path(out_path)
+    if out_path.suffix != AOTI_SUFFIX:
+        raise ValueError(f"an AOTInductor package must end in {AOTI_SUFFIX}, got {out_path.name!r}")
+    if not isinstance(batch, BatchRange):
+        batch = BatchRange.parse(str(batch))
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AotiExportError("device 'cuda' requested but CUDA is not available to PyTorch here")
+    checks = sorted({int(b) for b in verify_batches if batch.min <= int(b) <= batch.max}) or [batch.min]
+    settable = {f.name for f in dataclasses.fields(Manifest)} - {"artifact", "sha256", "format"}
+    bad = sorted(set(manifest_fields or {}) - settable)
+    if bad:
+        raise ValueError(f"manifest_fields: {', '.join(map(repr, bad))} cannot be set (not a settable Manifest field)")
+
+    model, random_weights = _as_model(model_or_variant, checkpoint)
+    cfg: ModelConfig = model.config
+    model = model.eval().float().to(device)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    if batch.min == batch.max:  # one fixed batch size: a static graph
+        example = torch.zeros(batch.min, 3, *cfg.input_hw, device=device)
+        dynamic = None
+    else:
+        # Trace with a batch of at least 2: with 1, export would specialise size-1 broadcasts.
+        example = torch.zeros(min(max(2, batch.min), batch.max), 3, *cfg.input_hw, device=device)
+        dynamic = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},)
+    started = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarnings from torch.export internals
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
+    except Exception as exc:
+        raise AotiExportError(f"torch.export failed for variant {cfg.name!r}: {_first_line(exc)}") from exc
+    exported_s = time.perf_counter() - started
+    log(f"torch.export: {exported_s:.1f} s, batch {batch.min}..{batch.max}" + (" (dynamic)" if dynamic else " (static)"))
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+    try:
+        tmp_pkg = tmp_dir / out_path.name
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg))
+        except Exception as exc:
+            raise AotiExportError(
+                f"AOTInductor compilation failed for variant {cfg.name!r}: {_first_line(exc)} "
+                "(it needs a working C++ compiler on PATH)"
+            ) from exc
+        compiled_s = time.perf_counter() - started
+        log(f"AOTInductor compile: {compiled_s:.1f} s")
+
+        rows, package_meta = _verify(model, tmp_pkg, cfg, checks, device)
+        worst = max(r["max_abs"] for r in rows)
+        for r in rows:
+            log(f"pt2 vs eager PyTorch, batch {r['batch']}: max |heatmap diff| {r['max_abs']:.2e}")
+        if not worst <= tolerance:
+            raise AotiExportError(
+                f"the compiled package differs from eager PyTorch by {worst:.2e} > {tolerance:.0e}; nothing was written"
+            )
+        isa = package_meta.get("AOTI_CPU_ISA", "")
+        with open(tmp_pkg, "rb") as f:  # make the bytes durable before the rename publishes them
+            os.fsync(f.fileno())
+        os.replace(tmp_pkg, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    set_default_mode(out_path)
+
+    report = {
+        "aoti_vs_torch": {"batches": rows, "max_abs": worst, "tolerance": tolerance, "passed": True},
+        "device": device,
+        "cpu_isa": isa,
+        "export_s": round(exported_s, 2),
+        "compile_s": round(compiled_s, 2),
+    }
+    manifest = Manifest.for_config(
+        cfg, artifact=out_path.name, format="pt2", precision="fp32", input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME, batch=batch.as_dict(), random_weights=random_weights,
+        checkpoint=None if checkpoint is None else Path(checkpoint).name,
+        checkpoint_sha256=None if checkpoint is None else sha256_file(checkpoint),
+        verification=report,
+    )
+    for key, value in (manifest_fields or {}).items():
+        setattr(manifest, key, value)
+    mpath = write_manifest(manifest, out_path)
+    log(f"wrote {out_path}")
+    return AotiExport(out_path, mpath, report)
+
+
+def _verify(
+    model: torch.nn.Module, package: Path, cfg: ModelConfig, batches: Sequence[int], device: str
+) -> tuple[list[dict], dict[str, str]]:
+    """Compiled package vs eager model on seeded random inputs: (one row per batch size, package metadata)."""
+    from torch._inductor import aoti_load_package
+
+    runner = aoti_load_package(str(package))
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, 3, *cfg.input_hw, generator=gen).to(device)
+            got = runner(x)
+            if isinstance(got, list | tuple):
+                got = got[0]
+            want = model(x)
+            if tuple(got.shape) != tuple(want.shape):
+                raise AotiExportError(f"compiled package returned shape {tuple(got.shape)}, eager {tuple(want.shape)}")
+            diff = (got.float() - want.float()).abs().max().item()
+            rows.append({"batch": int(b), "max_abs": float(diff if np.isfinite(diff) else np.inf)})
+    return rows, dict(runner.get_metadata())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
