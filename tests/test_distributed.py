@@ -1,0 +1,148 @@
+"""DDP with Gloo on CPU: averaged gradients equal a single process on the full batch, and a
+two-process `train()` equals a one-process run with the doubled batch.
+
+TokenPose-T has no BatchNorm, so per-process batches do not change the forward pass and the
+comparisons are exact up to float summation order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import COCO_MINI
+
+from tokenpose import create_model
+from tokenpose.data.coco import CocoKeypoints
+from tokenpose.models.checkpoints import read_checkpoint
+from tokenpose.models.config import VARIANTS
+from tokenpose.training.config import TrainConfig
+from tokenpose.training.distributed import ResumableSampler
+from tokenpose.training.loss import JointsMSELoss
+from tokenpose.training.trainer import read_metrics, train
+
+TINY = dataclasses.replace(
+    VARIANTS["t"], name="t-tiny", input_hw=(64, 48), heatmap_hw=(16, 12), patch_hw=(8, 6),
+    depth=1, heads=4, dim=64, mlp_hidden=128, head_hidden=32,
+)
+WORLD = 2
+
+
+def run_ranks(fn, *args) -> None:
+    """Run fn(rank, *args) in WORLD processes. Forked (the children inherit the imported modules,
+    seconds faster than spawn); each child sets one torch thread first, as DataLoader workers do.
+    DDP's constructor imports torch._dynamo (seconds): import it once here so children inherit it."""
+    import torch._dynamo  # noqa: F401
+
+    mp.start_processes(fn, args=args, nprocs=WORLD, join=True, start_method="fork")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_env(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+
+
+def real_batch(n: int) -> dict[str, torch.Tensor]:
+    ds = CocoKeypoints.from_config(TINY, COCO_MINI / "annotations" / "person_keypoints_mini.json",
+                                   COCO_MINI / "images", train=True, seed=5)
+    items = [ds[i] for i in range(n)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "target", "target_weight")}
+
+
+def _ddp_grads(rank: int, port: int, batch: dict, init: dict, out: str) -> None:
+    from tokenpose.training.distributed import cleanup, init_distributed, wrap_model
+
+    set_env(rank, port)
+    ctx = init_distributed("cpu")
+    assert ctx.backend == "gloo" and ctx.world_size == WORLD and ctx.rank == rank
+    model = create_model(TINY).train()
+    model.load_state_dict(init)
+    ddp = wrap_model(model, ctx)
+    assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+    half = batch["image"].shape[0] // WORLD
+    part = {k: v[rank * half:(rank + 1) * half] for k, v in batch.items()}
+    loss = JointsMSELoss()(ddp(part["image"]), part["target"], part["target_weight"])
+    loss.backward()
+    torch.save({n: p.grad for n, p in model.named_parameters()}, f"{out}/grads{rank}.pt")
+    cleanup(ctx)
+
+
+def test_ddp_gradients_equal_single_process_full_batch(tmp_path):
+    batch = real_batch(8)
+    model = create_model(TINY).train()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    JointsMSELoss()(model(batch["image"]), batch["target"], batch["target_weight"]).backward()
+    want = {n: p.grad for n, p in model.named_parameters()}
+
+    run_ranks(_ddp_grads, free_port(), batch, init, str(tmp_path))
+    got = [torch.load(tmp_path / f"grads{r}.pt") for r in range(WORLD)]
+    half_only = {n: p.grad for n, p in _half_batch_grads(init, batch).items()}
+    for name, g in want.items():
+        assert torch.equal(got[0][name], got[1][name]), name  # all-reduced: identical on every rank
+        torch.testing.assert_close(got[0][name], g, rtol=1e-4, atol=1e-6 * g.abs().max().item() + 1e-12,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    # The check has teeth: the gradient of one half alone is far from the full-batch one.
+    assert any(not torch.allclose(half_only[n], want[n], rtol=1e-2) for n in want)
+
+
+def _half_batch_grads(init: dict, batch: dict) -> dict:
+    model = create_model(TINY).train()
+    model.load_state_dict(init)
+    half = batch["image"].shape[0] // WORLD
+    JointsMSELoss()(model(batch["image"][:half]), batch["target"][:half], batch["target_weight"][:half]).backward()
+    return dict(model.named_parameters())
+
+
+def test_resumable_sampler_partitions_and_skips():
+    data = list(range(10))
+    orders = []
+    for rank in range(WORLD):
+        s = ResumableSampler(data, num_replicas=WORLD, rank=rank, seed=3)
+        s.set_epoch(1)
+        orders.append(list(s))
+        s.set_start(2)
+        assert list(s) == orders[-1][2:] and len(s) == 3
+    assert sorted(orders[0] + orders[1]) == data  # disjoint and complete
+    again = ResumableSampler(data, num_replicas=WORLD, rank=0, seed=3)
+    again.set_epoch(1)
+    assert list(again) == orders[0]
+    again.set_epoch(2)
+    assert list(again) != orders[0]
+
+
+def _train_rank(rank: int, port: int, cfg_dict: dict) -> None:
+    set_env(rank, port)
+    result = train(TrainConfig.from_dict(cfg_dict))
+    assert result.steps == 2
+
+
+def test_two_process_train_equals_one_process_with_the_doubled_batch(tmp_path):
+    torch.set_num_threads(1)
+    common = {"variant": TINY, "data_root": COCO_MINI, "epochs": 1, "workers": 0, "max_images": 8,
+              "progress": False, "device": "cpu", "seed": 2}
+    single = TrainConfig(out=tmp_path / "single", batch_size=4, **common)
+    double = TrainConfig(out=tmp_path / "ddp", batch_size=2, **common)
+    run_ranks(_train_rank, free_port(), double.to_dict())
+    try:
+        train(single)
+    finally:
+        torch.set_num_threads(2)
+
+    a, b = read_checkpoint(tmp_path / "single" / "final.pth"), read_checkpoint(tmp_path / "ddp" / "final.pth")
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
+    rows_a, rows_b = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert len(rows_b) == 1  # only rank 0 writes
+    assert rows_b[0]["step"] == rows_a[0]["step"] == 2 and rows_b[0]["images"] == rows_a[0]["images"] == 8
+    assert rows_b[0]["loss"] == pytest.approx(rows_a[0]["loss"], rel=1e-5)
