@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tokenpose.errors import TokenPoseError
-from tokenpose.export.manifest import BatchRange, Manifest, set_default_mode, sha256_file, write_manifest
+from tokenpose.export.manifest import BatchRange, Manifest, sha256_file, write_manifest
 from tokenpose.models.config import ModelConfig
 
 __all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti"]
@@ -165,7 +165,6 @@ def export_aoti(
         os.replace(tmp_pkg, out_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    set_default_mode(out_path)
 
     report = {
         "aoti_vs_torch": {"batches": rows, "max_abs": worst, "tolerance": tolerance, "passed": True},

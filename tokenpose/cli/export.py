@@ -1,0 +1,80 @@
+"""`tokenpose export` / `tokenpose-export`: ONNX (FP32, FP16, INT8 Q/DQ) and TensorRT engines with manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tokenpose.cli.common import (
+    CheckpointOpt,
+    JsonFlag,
+    VariantOpt,
+    fail,
+    friendly_errors,
+    standalone,
+)
+from tokenpose.export.manifest import BatchRange
+from tokenpose.export.pipeline import ExportOptions, export_model
+from tokenpose.export.precision import INT8_CALIBRATION_METHODS, Int8Settings
+from tokenpose.export.tensorrt import TensorRTError
+
+
+@friendly_errors
+def command(
+    variant: VariantOpt = "s-v2",
+    checkpoint: CheckpointOpt = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write an FP16 ONNX model (LayerNorm/Softmax kept FP32).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 Q/DQ ONNX model (needs --calib-data).")] = False,
+    calib_data: Annotated[
+        Path | None,
+        typer.Option("--calib-data", help="Folder of person images, or a COCO keypoints json with person boxes."),
+    ] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration crops.")] = 64,
+    int8_method: Annotated[
+        str, typer.Option("--int8-method", help=f"Calibration: {', '.join(INT8_CALIBRATION_METHODS)}.")
+    ] = "minmax",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 17).")] = 17,
+    batch: Annotated[str, typer.Option("--batch", help="Batch range min:opt:max for engines and manifests.")] = "1:8:32",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("engines"),
+    engine: Annotated[
+        bool | None,
+        typer.Option("--engine/--no-engine", help="Build TensorRT engines (default: when tensorrt imports)."),
+    ] = None,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="onnxslim pass when it shrinks the graph.")] = True,
+    fp16_head_fp32: Annotated[
+        bool, typer.Option("--fp16-head-fp32", help="Keep the final heatmap projection in FP32 in the FP16 model.")
+    ] = False,
+    workspace: Annotated[float, typer.Option("--workspace", help="TensorRT workspace limit, GiB.")] = 4.0,
+    timing_cache: Annotated[
+        Path | None, typer.Option("--timing-cache", help="TensorRT timing cache file (default: OUT/tokenpose.timing.cache).")
+    ] = None,
+    aoti: Annotated[
+        bool, typer.Option("--aoti", help="Also write an AOTInductor package (.pt2) for libtorch and the C++ example (needs a C++ compiler).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export a variant to ONNX (+ FP16 / INT8) and TensorRT engines, each verified and with a manifest."""
+    options = ExportOptions(
+        variant=variant, out_dir=out, checkpoint=checkpoint, fp16=fp16, int8=int8, calib_data=calib_data,
+        calib_size=calib_size, opset=opset, batch=BatchRange.parse(batch), engine=engine, simplify=simplify,
+        fp16_keep_head_fp32=fp16_head_fp32, int8_settings=Int8Settings(method=int8_method),
+        workspace_gib=workspace, timing_cache=timing_cache, aoti=aoti,
+    )
+    log = (lambda _msg: None) if as_json else (lambda msg: typer.echo(msg, err=msg.startswith("warning")))
+    try:
+        summary = export_model(options, log=log)
+    except TensorRTError as exc:
+        typer.echo(str(exc), err=True)  # the TensorRT log, then the one-line error
+        raise fail(str(exc).splitlines()[0]) from None
+    if as_json:
+        typer.echo(json.dumps({
+            "artifacts": [{"path": str(a.path), "manifest": str(a.manifest), "format": a.format,
+                           "precision": a.precision, "report": a.report} for a in summary.artifacts],
+            "notes": summary.notes, "engine_skipped": summary.engine_skipped,
+        }, indent=2))
+
+
+main = standalone(command)

@@ -1,0 +1,50 @@
+"""Export: ONNX (dynamic batch, self-verified), FP16 / INT8 Q/DQ models, TensorRT engines, manifests.
+
+`export_model(ExportOptions(...))` runs the whole pipeline of `tokenpose-export`; the modules hold
+the steps: `onnx` (export and verification), `precision` (FP16, INT8), `calibration` (real crops),
+`tensorrt` (engine builder, imports tensorrt lazily) and `manifest` (metadata and its checks).
+"""
+
+from tokenpose.export.calibration import (
+    CalibrationError,
+    CalibrationSet,
+    load_calibration_set,
+)
+from tokenpose.export.manifest import (
+    BatchRange,
+    Manifest,
+    ManifestError,
+    manifest_path,
+    read_manifest,
+    verify_manifest,
+)
+from tokenpose.export.onnx import (
+    ExportError,
+    check_graph,
+    export_onnx_model,
+    verify_against_torch,
+)
+from tokenpose.export.pipeline import ExportOptions, ExportSummary, export_model
+from tokenpose.export.precision import Int8Settings, convert_fp16, quantize_int8
+
+__all__ = [
+    "BatchRange",
+    "CalibrationError",
+    "CalibrationSet",
+    "ExportError",
+    "ExportOptions",
+    "ExportSummary",
+    "Int8Settings",
+    "Manifest",
+    "ManifestError",
+    "check_graph",
+    "convert_fp16",
+    "export_model",
+    "export_onnx_model",
+    "load_calibration_set",
+    "manifest_path",
+    "quantize_int8",
+    "read_manifest",
+    "verify_against_torch",
+    "verify_manifest",
+]

@@ -1,0 +1,260 @@
+"""Reduced-precision ONNX models for TensorRT: FP16 with sensitive ops in FP32, and INT8 Q/DQ.
+
+FP16 (`convert_fp16`): onnxconverter-common's float16 pass with an op block list. Weights and
+activations become float16 except in LayerNormalization and Softmax (and, optionally, the final
+heatmap projection), which keep float32 with Cast nodes at their boundaries: the mixed-precision
+layout NVIDIA recommends for strongly typed TensorRT networks, where precision is read from the
+ONNX types. The graph input and output stay float32 (`images`, `heatmaps`), so every engine feeds
+and reads the same tensors. ONNX Runtime's CPU provider runs the result: ops without a float16 CPU
+kernel are wrapped in float32 Casts by ONNX Runtime itself, so a CPU check measures the float16
+rounding of weights and activations between ops, not float16 accumulation inside a GPU matmul.
+
+INT8 (`quantize_int8`): ONNX Runtime's `quantize_static` in QDQ format, symmetric int8 activations
+and per-channel symmetric int8 weights (what TensorRT's explicit quantization expects), calibrated
+on real person crops. Conv and weight MatMuls are quantized; the attention matmuls (two activation
+inputs; the softmax output would get only 128 levels over [0, 1]) and the heatmap projection stay
+in float32 by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenpose.export.onnx import ExportError
+
+__all__ = [
+    "FP16_KEEP_FP32_OPS",
+    "INT8_CALIBRATION_METHODS",
+    "Int8Settings",
+    "classify_matmuls",
+    "convert_fp16",
+    "quantize_int8",
+]
+
+# Ops kept in float32 inside the FP16 model: LayerNorm's mean/variance and softmax's exp/sum
+# overflow or lose the small differences that matter in float16.
+FP16_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax")
+INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def _head_projection_nodes(proto) -> list[str]:
+    """Name of the node producing the heatmap logits: the last MatMul/Gemm of the graph."""
+    names = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
+    return names[-1:]
+
+
+def classify_matmuls(proto) -> dict[str, list[str]]:
+    """Split the Conv/MatMul/Gemm nodes of a model into groups by role.
+
+    Returns {"weight": [...], "attention": [...], "head": [...]}: `weight` have an initializer
+    (or Constant) operand, `attention` multiply two activations (Q K^T, softmax V), `head` is the
+    final heatmap projection (also a weight node, listed only here).
+    """
+    consts = {i.name for i in proto.graph.initializer}
+    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    head = set(_head_projection_nodes(proto))
+    groups: dict[str, list[str]] = {"weight": [], "attention": [], "head": sorted(head)}
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "MatMul", "Gemm") or n.name in head:
+            continue
+        has_const = any(i in consts for i in n.input[:2])
+        groups["weight" if has_const else "attention"].append(n.name)
+    return groups
+
+
+def _inline_identity_initializers(proto):
+    """Copy of `proto` where `Identity(initializer)` nodes are replaced by a copy of the initializer.
+
+    The TorchScript exporter emits such nodes for weights used twice; the float16 converter
+    would turn the initializer into float16 but leave the Identity typed float32 when its
+    consumer is blocked (LayerNormalization), which ONNX Runtime rejects.
+    """
+    import onnx
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    inits = {i.name: i for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    keep = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
+def convert_fp16(
+    proto,
+    *,
+    keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS,
+    keep_head_fp32: bool = False,
+    keep_fp32_nodes: Sequence[str] = (),
+) -> tuple[object, dict]:
+    """FP32 `onnx.ModelProto` -> FP16 model with float32 I/O and the listed ops in float32.
+
+    Returns (model, info); info records the ops and nodes left in float32 for the manifest.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ExportError(
+            "FP16 conversion needs onnxconverter-common: pip install onnxconverter-common"
+        ) from None
+    proto = _inline_identity_initializers(proto)
+    nodes = list(keep_fp32_nodes) + (_head_projection_nodes(proto) if keep_head_fp32 else [])
+    block_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
+    with warnings.catch_warnings():
+        # "the float32 number 1e-9 will be truncated to 1e-7": tiny weights, harmless.
+        warnings.simplefilter("ignore")
+        out = float16.convert_float_to_float16(
+            proto, keep_io_types=True, op_block_list=block_ops, node_block_list=nodes or None,
+        )
+    present = {n.op_type for n in proto.graph.node}
+    info = {
+        "tool": _tool_version("onnxconverter-common"),
+        "fp32_ops": sorted(op for op in keep_fp32_ops if op in present),
+        "fp32_nodes": nodes,
+        "io": "float32 input and output, Cast to/from float16 inside",
+        "reason": "LayerNorm statistics and softmax lose accuracy in float16 (NVIDIA's mixed-precision advice)",
+    }
+    return out, info
+
+
+@dataclass
+class Int8Settings:
+    """How the INT8 model is calibrated and which nodes stay in float32.
+
+    method: "minmax", "percentile" (99.999th, on histograms) or "entropy"; op_types: the ops that
+    get Q/DQ; quantize_attention: also quantize the two activation x activation attention
+    matmuls; quantize_head: also quantize the final heatmap projection; exclude_nodes: more nodes
+    kept in float32; batch_size: crops per calibration batch.
+    """
+
+    method: str = "minmax"
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    quantize_attention: bool = False
+    quantize_head: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    batch_size: int = 8
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.method not in INT8_CALIBRATION_METHODS:
+            raise ValueError(
+                f"INT8 calibration method must be one of {', '.join(INT8_CALIBRATION_METHODS)}, got {self.method!r}"
+            )
+
+
+def _tool_version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return f"{dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return dist
+
+
+def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -> tuple[object, dict]:
+    """FP32 `onnx.ModelProto` -> INT8 Q/DQ model calibrated on `calibration` (a CalibrationSet).
+
+    Symmetric int8 activations, per-channel symmetric int8 weights, QDQ format (explicit
+    quantization for TensorRT). Returns (model, info); info records the calibration (size,
+    method, source) and the nodes left in float32 for the manifest.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    settings = settings or Int8Settings()
+    if len(calibration) == 0:
+        raise ExportError("INT8 calibration set is empty")
+    groups = classify_matmuls(proto)
+    excluded = list(settings.exclude_nodes)
+    if not settings.quantize_attention:
+        excluded += groups["attention"]
+    if not settings.quantize_head:
+        excluded += groups["head"]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration.batches(settings.batch_size))
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {"images": batch}
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[settings.method]
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    ort_logger = logging.getLogger("onnxruntime.quantization")
+    previous = ort_logger.level
+    with tempfile.TemporaryDirectory(prefix="tokenpose-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, src)
+        ort_logger.setLevel(logging.ERROR)
+        # quantize_static warns through the root logger ("consider pre-processing"): mute it here.
+        logging.disable(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(
+                    str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
+                    calibrate_method=method, extra_options=extra,
+                )
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain Exceptions from its calibrators
+            raise ExportError(f"INT8 quantization failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            logging.disable(logging.NOTSET)
+            ort_logger.setLevel(previous)
+        out = onnx.load(str(dst))
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for n in out.graph.node:
+        if n.op_type in counts:
+            counts[n.op_type] += 1
+    quantized = [n for n in groups["weight"] if n not in excluded] + (
+        groups["attention"] if settings.quantize_attention else []) + (
+        groups["head"] if settings.quantize_head else [])
+    info = {
+        "calibration": {
+            **calibration.describe(),
+            "method": settings.method + (f" ({settings.percentile})" if settings.method == "percentile" else ""),
+            "batch_size": settings.batch_size,
+            "tool": _tool_version("onnxruntime") + " quantize_static",
+        },
+        "scheme": "QDQ, int8 symmetric activations (per tensor), int8 symmetric weights (per channel)",
+        "quantized_op_types": list(settings.op_types),
+        "num_quantized_nodes": len(quantized),
+        "qdq_nodes": counts,
+        "fp32_nodes": sorted(set(excluded)),
+        "fp32_reason": {
+            "attention": "activation x activation matmuls (Q K^T, softmax V) kept in float32"
+            if not settings.quantize_attention else "quantized",
+            "head": "final heatmap projection kept in float32" if not settings.quantize_head else "quantized",
+            "ops": "LayerNormalization, Softmax, GELU and residual adds are never quantized",
+        },
+    }
+    return out, info
+
