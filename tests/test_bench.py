@@ -1,0 +1,192 @@
+"""tokenpose-bench: a tiny real run (a 1-layer TokenPose through the torch and ONNX Runtime engines),
+the JSON schema, skipped engines with reasons, markdown and plot files, and the CLI's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tokenpose.bench.harness import (
+    SCHEMA,
+    BenchError,
+    latency_stats,
+    parse_batches,
+    parse_names,
+)
+from tokenpose.cli.bench import command
+from tokenpose.cli.common import standalone
+from tokenpose.models.checkpoints import save_weights
+from tokenpose.models.config import ModelConfig
+from tokenpose.models.tokenpose import TokenPose
+
+# 1 layer, 32 wide, at the real 256x192 input: milliseconds per call on a CPU.
+TINY = ModelConfig("bench-tiny", "pixels", input_hw=(256, 192), heatmap_hw=(64, 48), patch_hw=(16, 12),
+                   heads=2, depth=1, dim=32, mlp_hidden=64, head_hidden=32)
+
+
+def run_cli(*args: str):
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """The tiny model as a `.pth` (with its config as metadata) and its FP32 ONNX export + manifest."""
+    from tokenpose.export.pipeline import ExportOptions, export_model
+
+    folder = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    pth = folder / "tiny.pth"
+    save_weights(TokenPose(TINY).eval(), pth, variant={"model_config": dataclasses.asdict(TINY)})
+    summary = export_model(ExportOptions(variant=TINY, out_dir=folder, checkpoint=pth, engine=False,
+                                         simplify=False, verify_batches=(1,)), log=lambda _m: None)
+    return {"pth": pth, "onnx": summary.artifacts[0].path, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_artifacts) -> tuple[dict, Path, object]:
+    out = tiny_artifacts["folder"] / "out"
+    res = run_cli(
+        "--engine", str(tiny_artifacts["pth"]), "--engine", str(tiny_artifacts["onnx"]),
+        "--engines", "trt-fp16,trt-int8", "--variant", "t", "--device", "cpu",
+        "--batch", "1,2", "--warmup", "1", "--iters", "3", "--peak-size", "128", "--settle-ms", "0",
+        "--pipeline", "--persons", "3", "--pipeline-images", "2",
+        "--work-dir", str(tiny_artifacts["folder"] / "work"),
+        "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot", str(out / "bench.png"),
+    )
+    assert res.exit_code == 0, res.output
+    return json.loads((out / "bench.json").read_text()), out, res
+
+
+def test_latency_stats_percentiles():
+    stats = latency_stats(np.arange(1, 101, dtype=float))
+    assert (stats.p50, stats.p90, stats.p99) == pytest.approx((50.5, 90.1, 99.01))
+    assert (stats.min, stats.max, stats.mean) == (1.0, 100.0, 50.5)
+    with pytest.raises(BenchError, match="no timing samples"):
+        latency_stats([])
+
+
+def test_parsers_reject_bad_values():
+    assert parse_batches("1, 8,8,32") == [1, 8, 32]
+    with pytest.raises(BenchError, match="batch sizes must be >= 1, got 0"):
+        parse_batches("1,0")
+    with pytest.raises(BenchError, match="integers like 1,8,32"):
+        parse_batches("1,x")
+    assert parse_names("onnx,torch", "engine", ["torch", "onnx"]) == ["onnx", "torch"]
+    with pytest.raises(BenchError, match="unknown engine 'tensorflow'; valid: torch, onnx"):
+        parse_names("torch,tensorflow", "engine", ["torch", "onnx"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch", "0"], "error: batch sizes must be >= 1, got 0"),
+    (["--engines", "torch,onnx-int4"], "error: unknown engine 'onnx-int4'; valid: torch,"),
+    (["--variant", "s-v3"], "error: unknown variant 's-v3'; valid: t, s-v1"),
+    (["--iters", "0"], "error: --iters must be >= 1, got 0"),
+    (["--seconds", "0"], "error: --seconds must be > 0, got 0.0"),
+    (["--device", "tpu"], "error: --device must be auto, cpu or cuda; got 'tpu'"),
+    (["--engine", "missing.onnx"], "error: --engine missing.onnx: file not found"),
+    (["--engine", "model.txt"], "error: --engine model.txt: unknown engine file type; expected one of .pth"),
+])
+def test_cli_bad_input_is_one_clear_line(args, message):
+    res = run_cli(*args)
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), res.output
+
+
+def test_console_script_entry_point_is_standalone():
+    import tokenpose.cli.bench as bench_cli
+
+    assert callable(bench_cli.main)
+    assert bench_cli.main.__qualname__ == standalone(command).__qualname__
+
+
+def test_json_schema_of_a_tiny_run(tiny_run):
+    data, _, _ = tiny_run
+    assert data["schema"] == SCHEMA
+    assert list(data) == ["schema", "created", "command", "settings", "provenance", "complexity", "peaks", "rows",
+                          "skipped", "pipeline"]
+    prov = data["provenance"]
+    assert prov["cpu"]["logical_cores"] >= 1 and prov["cpu"]["model"]
+    assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["onnxruntime"]
+    assert prov["threads"]["torch_intra_op"] >= 1
+    assert data["settings"]["batches"] == [1, 2] and data["settings"]["device"] == "cpu"
+    # the table variant named by --variant gets its complexity row even though its engines were skipped
+    assert [c["variant"] for c in data["complexity"]] == ["t"]
+    assert data["complexity"][0]["paper_gflops"] == 1.3
+
+    rows = data["rows"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {("torch", 1), ("torch", 2), ("onnxruntime", 1),
+                                                          ("onnxruntime", 2)}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["variant"] == "bench-tiny" and r["precision"] == "fp32" and r["timing"] == "wall_clock"
+        assert r["iters"] == 3
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["throughput_ips"] == pytest.approx(r["batch"] / (lat["mean"] / 1e3))
+        assert r["memory"]["kind"] in ("rss", "rss_lifetime_max") and r["memory"]["peak_mb"] > 10
+        assert r["cpu_util"] > 0
+        assert r["true_gflops"] is None  # a variant outside the table: no FLOP count to claim
+    by = {(r["backend"], r["batch"]): r for r in rows}
+    assert by["torch", 1]["speedup_vs_torch"] == 1.0
+    assert by["onnxruntime", 2]["speedup_vs_torch"] == pytest.approx(
+        by["onnxruntime", 2]["throughput_ips"] / by["torch", 2]["throughput_ips"])
+
+    peaks = {(p["library"], p["precision"]) for p in data["peaks"] if p["gflops_per_s"]}
+    assert peaks == {("torch", "fp32"), ("onnxruntime", "fp32")}
+
+
+def test_skipped_engines_are_listed_with_reasons(tiny_run):
+    data, out, _ = tiny_run
+    skipped = {s["engine"]: s for s in data["skipped"]}
+    assert set(skipped) == {"trt-fp16", "trt-int8"}
+    for s in skipped.values():
+        assert s["variant"] == "t" and "GPU" in s["reason"]
+    md = (out / "bench.md").read_text()
+    assert "- trt-fp16 (t): TensorRT needs an NVIDIA GPU" in md
+
+
+def test_pipeline_rows(tiny_run):
+    data, _, _ = tiny_run
+    assert len(data["pipeline"]) == 2
+    for p in data["pipeline"]:
+        assert p["status"] == "ok" and p["persons_per_image"] == 3 and p["images"] == 2
+        assert 0.0 <= p["outside_engine_share"] < 1.0
+        assert p["engine_ms_per_image"] <= p["total_ms_per_image"]
+        assert p["persons_per_s"] == pytest.approx(3 * 1e3 / p["total_ms_per_image"])
+
+
+def test_markdown_and_plot_files(tiny_run):
+    _, out, res = tiny_run
+    md = (out / "bench.md").read_text()
+    assert "| variant | engine | precision | batch | p50 ms | p90 ms | p99 ms | images/s | x torch |" in md
+    assert md.count("| bench-tiny |") >= 4 + 2  # speed rows and pipeline rows
+    assert "| t | 5.82 | 5.8 | 1.29 | 1.3 | 3.20 |" in md  # the paper's table row beside true FLOPs
+    assert "Machine: CPU:" in md and "torch " in md
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "| bench-tiny | tiny.pth | fp32 | 1 |" in res.output  # the same table on stdout
+
+
+def test_named_torch_engine_is_made_on_demand(tmp_path):
+    """`--engines torch` writes seeded weights into the work dir and reuses them on the next run."""
+    args = ["--variant", "t", "--engines", "torch", "--device", "cpu", "--batch", "1", "--warmup", "0",
+            "--iters", "1", "--peak-size", "64", "--work-dir", str(tmp_path), "--json", str(tmp_path / "r.json"),
+            "--quiet"]
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    weights = tmp_path / "t" / "tokenpose_t_random0.pth"
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert row["engine"] == "torch" and row["status"] == "ok" and row["artifact"] == str(weights)
+    assert row["true_gflops"] == pytest.approx(3.2, abs=0.05) and row["achieved_gflops_per_s"] > 0
+    assert row["peak_fraction"] is not None
