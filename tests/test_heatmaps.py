@@ -144,3 +144,15 @@ def test_decode_rejects_bad_shapes():
         CODEC.decode(np.zeros((17, 64, 48)))
     with pytest.raises(ValueError, match="4 heatmaps"):
         CODEC.decode(GOLDEN["heatmaps"], GOLDEN["center"][:2], GOLDEN["scale"][:2])
+
+
+def test_dark_step_is_bounded_on_flat_maps():
+    # Noise maps have no peak: the Taylor step is meaningless there and must not throw the
+    # keypoint away from its argmax pixel (the official code would move it by up to ~1e3 px).
+    codec = HeatmapCodec((256, 192), (64, 48))
+    noise = np.random.default_rng(0).normal(0, 1, (4, 17, 64, 48)).astype(np.float32)
+    refined, _ = codec.decode(noise)
+    plain, _ = codec.decode(noise, dark=False)
+    step = np.abs(refined - plain)
+    assert step.max() <= 1.0
+    assert (step > 0).any()  # DARK still refines where the quadratic model holds

@@ -89,7 +89,9 @@ std::vector<Keypoint> decode_heatmaps(const float* heatmaps, int n, int j, int h
         if (interior && det != 0.0) {
           const double off_x = -(dyy * gx - dxy * gy) / det;  // -H^-1 g
           const double off_y = -(dxx * gy - dxy * gx) / det;
-          if (std::isfinite(off_x) && std::isfinite(off_y)) x += off_x, y += off_y;
+          // As the Python codec: a step longer than 1 px means the quadratic model does not hold.
+          if (std::isfinite(off_x) && std::isfinite(off_y) && std::abs(off_x) <= 1.0 && std::abs(off_y) <= 1.0)
+            x += off_x, y += off_y;
         }
       }
       Keypoint& kp = out[size_t(p) * j + k];

@@ -50,6 +50,10 @@ def gaussian_blur_maps(heatmaps: np.ndarray, kernel_size: int = 11) -> np.ndarra
     return sum(kv * rows[..., i:i + h, :] for i, kv in enumerate(kernel))
 
 
+# Longest DARK step kept, heatmap pixels (see HeatmapCodec._dark_offsets).
+MAX_DARK_STEP = 1.0
+
+
 @dataclass(frozen=True)
 class HeatmapCodec:
     """Encode joints to Gaussian heatmaps and decode heatmaps to keypoints.
@@ -157,7 +161,15 @@ class HeatmapCodec:
         return coords, maxvals
 
     def _dark_offsets(self, hm: np.ndarray, px: np.ndarray, py: np.ndarray, maxvals: np.ndarray) -> np.ndarray:
-        """DARK sub-pixel offsets (N, J, 2) at the integer argmax (px, py), reference §6.6."""
+        """DARK sub-pixel offsets (N, J, 2) at the integer argmax (px, py), reference §6.6.
+
+        One deviation from the official code: a step longer than 1 px on either axis is dropped
+        (the integer argmax is kept). The argmax is the peak's pixel, so the true peak lies within
+        a pixel of it; a longer Taylor step means the quadratic model does not hold (a flat or
+        multi-peaked map, e.g. an occluded joint or untrained weights), and the official code then
+        moves the keypoint by up to thousands of pixels. On peaked maps nothing changes (the
+        official goldens' largest step is 0.64 px).
+        """
         n, j, h, w = hm.shape
         blurred = gaussian_blur_maps(hm, self.blur_kernel)
         blurred_max = blurred.reshape(n, j, -1).max(axis=-1)
@@ -183,7 +195,10 @@ class HeatmapCodec:
             off_x = -(dyy * gx - dxy * gy) / det  # -H^-1 g, H^-1 = [[dyy, -dxy], [-dxy, dxx]] / det
             off_y = -(dxx * gy - dxy * gx) / det
         offsets = np.stack([off_x, off_y], axis=-1)
-        ok = interior & (det != 0) & np.isfinite(offsets).all(axis=-1)
+        ok = (
+            interior & (det != 0) & np.isfinite(offsets).all(axis=-1)
+            & (np.abs(offsets) <= MAX_DARK_STEP).all(axis=-1)
+        )
         return np.where(ok[..., None], offsets, 0.0)
 
     def flip_test(self, heatmaps, heatmaps_of_flipped, flip_pairs: Sequence[Sequence[int]]):
