@@ -79,7 +79,7 @@ def test_eval_errors_are_one_line(artifacts, tmp_path):
     lone = tmp_path / "lone.onnx"
     shutil.copy(artifacts["onnx"], lone)
     one_line_error(run("eval", "-e", lone, "-d", COCO_MINI), "no manifest for")
-    one_line_error(run("eval", "-e", artifacts["pth"], "-d", tmp_path), "no COCO annotation file under")
+    one_line_error(run("eval", "-e", artifacts["pth"], "-d", tmp_path), "no COCO annotations under")
     one_line_error(run("eval", "-e", artifacts["pth"], "-d", COCO_MINI, "--device", "tensorrt"), "device must be")
     one_line_error(run("eval", "-e", artifacts["onnx"], "-d", COCO_MINI, "--precision", "int8"), "is a fp32 model")
 

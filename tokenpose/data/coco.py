@@ -42,6 +42,8 @@ class CocoKeypoints(TopDownDataset):
     signature; `decode_images=True` also decodes each one), so `len()` counts usable samples.
     """
 
+    dataset = "coco"
+
     def __init__(
         self,
         ann_file: str | os.PathLike,
@@ -86,13 +88,6 @@ class CocoKeypoints(TopDownDataset):
             augmentation=(augmentation or COCO_AUGMENTATION) if train else None, seed=seed,
         )
 
-    @classmethod
-    def from_config(cls, cfg, ann_file, image_dir, **kwargs) -> CocoKeypoints:
-        """Dataset with the input size, heatmap size and sigma of a COCO `ModelConfig`."""
-        if cfg.dataset != "coco":
-            raise ValueError(f"variant {cfg.name!r} is for {cfg.dataset!r}, not COCO")
-        return cls(ann_file, image_dir, input_hw=cfg.input_hw, heatmap_hw=cfg.heatmap_hw,
-                   sigma=cfg.sigma, **kwargs)
 
     @staticmethod
     def _load_json(path: str):

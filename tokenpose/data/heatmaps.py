@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tokenpose.data.transforms import affine_points, flip_test_average, get_affine_transforms
+from tokenpose.data.transforms import (
+    affine_points,
+    flip_test_average,
+    get_affine_transforms,
+)
 
 __all__ = ["HeatmapCodec", "gaussian_blur_maps", "flip_test_average"]
 

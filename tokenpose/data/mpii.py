@@ -37,6 +37,8 @@ class MpiiKeypoints(TopDownDataset):
     the entry's index in the json.
     """
 
+    dataset = "mpii"
+
     def __init__(
         self,
         ann_file: str | os.PathLike,
@@ -80,13 +82,6 @@ class MpiiKeypoints(TopDownDataset):
             augmentation=(augmentation or MPII_AUGMENTATION) if train else None, seed=seed,
         )
 
-    @classmethod
-    def from_config(cls, cfg, ann_file, image_dir, **kwargs) -> MpiiKeypoints:
-        """Dataset with the input size, heatmap size and sigma of an MPII `ModelConfig`."""
-        if cfg.dataset != "mpii":
-            raise ValueError(f"variant {cfg.name!r} is for {cfg.dataset!r}, not MPII")
-        return cls(ann_file, image_dir, input_hw=cfg.input_hw, heatmap_hw=cfg.heatmap_hw,
-                   sigma=cfg.sigma, **kwargs)
 
     def _load(self, ann_file: str) -> PersonRecords:
         try:

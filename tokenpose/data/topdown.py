@@ -87,6 +87,15 @@ class TopDownDataset(Dataset):
     so an item is reproducible; call `set_epoch` once per epoch to get new draws.
     """
 
+    dataset = ""  # the ModelConfig.dataset this class serves ("coco", "mpii")
+
+    @classmethod
+    def from_config(cls, cfg, ann_file, image_dir, **kwargs):
+        """Dataset with the input size, heatmap size and sigma of a `ModelConfig` for this dataset."""
+        if cfg.dataset != cls.dataset:
+            raise ValueError(f"variant {cfg.name!r} is for {cfg.dataset!r}, not {cls.dataset.upper()}")
+        return cls(ann_file, image_dir, input_hw=cfg.input_hw, heatmap_hw=cfg.heatmap_hw, sigma=cfg.sigma, **kwargs)
+
     def __init__(
         self,
         records: PersonRecords,

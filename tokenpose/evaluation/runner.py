@@ -6,11 +6,8 @@ one engine call and decodes them in one pass; `CocoEvaluator` (rescoring, OKS NM
 or `pckh` score the keypoints. `validate` runs two engines on identical crops and reports how far
 apart they are, batch by batch, without keeping the heatmaps.
 
-Data roots (`data_root`), first match wins unless `ann_file` / `image_dir` are given:
-  COCO: annotations/person_keypoints_val2017.json (else the only annotations/person_keypoints_*.json),
-        images in images/val2017, val2017 or images.
-  MPII: annot/valid.json or annotations/valid.json (else the only *.json there), images in images;
-        head boxes from annot/gt_valid.mat (`headboxes_src`) or `head_boxes=` (.mat, .npy or .json).
+Data roots are resolved by `tokenpose.data.roots` with the split "val" (COCO) or "valid" (MPII);
+MPII head boxes come from annot/gt_valid.mat (`headboxes_src`) or `head_boxes=` (.mat, .npy or .json).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import numpy as np
 from tokenpose.data.coco import CocoKeypoints, PersonRecords
 from tokenpose.data.keypoints import PIXEL_STD
 from tokenpose.data.mpii import MpiiKeypoints
+from tokenpose.data.roots import DataRootError, resolve_data_files
 from tokenpose.data.transforms import read_image
 from tokenpose.errors import TokenPoseError
 from tokenpose.evaluation.coco import CocoEvaluator
@@ -40,9 +38,6 @@ __all__ = [
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
-
-class DataRootError(TokenPoseError):
-    """The evaluation data cannot be found or used."""
 
 
 @dataclass
@@ -61,36 +56,6 @@ class EvalDataset:
     @property
     def num_images(self) -> int:
         return len(set(self.records.image_paths))
-
-
-def _first(paths: Sequence[Path]) -> Path | None:
-    return next((p for p in paths if p.exists()), None)
-
-
-def _only_json(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
-    return found[0] if len(found) == 1 else None
-
-
-def _resolve(root: Path, kind: str, ann_file: Path | None, image_dir: Path | None) -> tuple[Path, Path]:
-    if not root.is_dir():
-        raise DataRootError(f"data root {root} is not a folder")
-    if ann_file is None:
-        if kind == "coco":
-            ann_file = _first([root / "annotations" / "person_keypoints_val2017.json"]) or \
-                _only_json(root / "annotations", "person_keypoints_*.json")
-        else:
-            ann_file = _first([root / "annot" / "valid.json", root / "annotations" / "valid.json"]) or \
-                _only_json(root / "annot", "*.json") or _only_json(root / "annotations", "*.json")
-        if ann_file is None:
-            where = ("annotations/person_keypoints_val2017.json" if kind == "coco" else "annot/valid.json")
-            raise DataRootError(f"no {kind.upper()} annotation file under {root} (expected {where}); pass --ann-file")
-    if image_dir is None:
-        image_dir = _first([root / "images" / "val2017", root / "val2017", root / "images"]) if kind == "coco" \
-            else _first([root / "images"])
-        if image_dir is None:
-            raise DataRootError(f"no image folder under {root} (expected images/ or val2017/); pass --image-dir")
-    return Path(ann_file), Path(image_dir)
 
 
 def read_head_boxes(path: str | os.PathLike) -> np.ndarray:
@@ -140,7 +105,7 @@ def open_dataset(
     """
     kind = config.dataset
     root = Path(data_root)
-    ann, images = _resolve(root, kind, Path(ann_file) if ann_file else None, Path(image_dir) if image_dir else None)
+    ann, images = resolve_data_files(kind, root, ann_file, image_dir, split="val" if kind == "coco" else "valid")
     notes: list[str] = []
     hb = None
     if kind == "coco":

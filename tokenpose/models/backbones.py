@@ -125,23 +125,18 @@ class FuseModule(nn.Module):
         return out
 
 
-class HRNetStages(nn.Module):
+class HRNetStages(Stem):
     """HRNet stem + stages 1-3, returning the highest-resolution branch.
 
-    (B, 3, H, W) -> (B, width, H/4, W/4). Stage 2 has one module of two branches, stage 3 four
-    modules of three branches; each branch holds four BasicBlocks.
+    (B, 3, H, W) -> (B, width, H/4, W/4). The stem and stage 1 are the S stem's layers; stage 2
+    has one module of two branches, stage 3 four modules of three branches; each branch holds
+    four BasicBlocks.
     """
 
     def __init__(self, width: int) -> None:
         super().__init__()
         c2 = [width, 2 * width]
         c3 = [width, 2 * width, 4 * width]
-        self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = nn.Conv2d(64, 64, 3, 2, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(Bottleneck(64, 64), *(Bottleneck(256, 64) for _ in range(3)))
         # New branches come from the previous stage's lowest-resolution output (stride-2 convs);
         # existing branches pass through unchanged, or through a 3x3 conv when the width changes.
         self.transition1 = nn.ModuleList([conv_bn(256, c2[0], 3, 1), nn.Sequential(conv_bn(256, c2[1], 3, 2))])
@@ -150,9 +145,7 @@ class HRNetStages(nn.Module):
         self.stage3 = nn.Sequential(*(FuseModule(c3, 4, all_outputs=i < 3) for i in range(4)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        x = self.layer1(x)
+        x = super().forward(x)  # (B, 256, H/4, W/4)
         ys = self.stage2([t(x) for t in self.transition1])
         xs = [self.transition2[0](ys[0]), self.transition2[1](ys[1]), self.transition2[2](ys[-1])]
         for module in self.stage3:

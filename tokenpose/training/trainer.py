@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tokenpose.data.roots import resolve_data_files
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.files import atomic_torch_save, atomic_write
 from tokenpose.models import create_model
@@ -146,76 +147,14 @@ def set_rng_state(state: dict) -> None:
 
 def resolve_coco_files(data_root: Path | None, ann_file: Path | None = None, image_dir: Path | None = None,
                        split: str = "train") -> tuple[Path, Path]:
-    """(annotation json, image folder) of a COCO-style root.
-
-    Looks for `annotations/person_keypoints_<split>2017.json`, else the only
-    `annotations/person_keypoints*.json`; images in `images/<split>2017`, `<split>2017` or
-    `images`. Explicit `ann_file` / `image_dir` win. Errors say what was looked for.
-    """
-    if ann_file is None or image_dir is None:
-        if data_root is None:
-            raise ValueError("give --data-root (or both --ann-file and --image-dir)")
-        if not data_root.is_dir():
-            raise FileNotFoundError(f"data root not found: {data_root}")
-    if ann_file is None:
-        ann_dir = data_root / "annotations"
-        exact = ann_dir / f"person_keypoints_{split}2017.json"
-        found = sorted(ann_dir.glob("person_keypoints*.json")) if ann_dir.is_dir() else []
-        if exact.is_file():
-            ann_file = exact
-        elif len(found) == 1:
-            ann_file = found[0]
-        elif found:
-            raise ValueError(
-                f"several annotation files in {ann_dir} ({', '.join(p.name for p in found)}); choose one with --ann-file"
-            )
-        else:
-            raise FileNotFoundError(
-                f"no COCO keypoint annotations under {data_root} (expected annotations/person_keypoints_*.json)"
-            )
-    elif not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    if image_dir is None:
-        stem = ann_file.stem.removeprefix("person_keypoints_")
-        candidates = [data_root / "images" / stem, data_root / stem, data_root / "images"]
-        image_dir = next((c for c in candidates if c.is_dir()), None)
-        if image_dir is None:
-            raise FileNotFoundError(
-                f"no image folder under {data_root} (tried {', '.join(str(c) for c in candidates)}); use --image-dir"
-            )
-    elif not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_dir}")
-    return ann_file, image_dir
+    """(annotation json, image folder) of a COCO root; see `tokenpose.data.roots`."""
+    return resolve_data_files("coco", data_root, ann_file, image_dir, split)
 
 
 def resolve_mpii_files(data_root: Path | None, ann_file: Path | None = None, image_dir: Path | None = None,
                        split: str = "train") -> tuple[Path, Path]:
-    """(HRNet-layout json, image folder) of an MPII root: `annot/<split>.json` (HRNet layout),
-    `annotations/<split>.json` or the only json in `annotations/`; images in `images/`."""
-    if ann_file is None or image_dir is None:
-        if data_root is None:
-            raise ValueError("give --data-root (or both --ann-file and --image-dir)")
-        if not data_root.is_dir():
-            raise FileNotFoundError(f"data root not found: {data_root}")
-    if ann_file is None:
-        candidates = [data_root / "annot" / f"{split}.json", data_root / "annotations" / f"{split}.json"]
-        ann_file = next((c for c in candidates if c.is_file()), None)
-        if ann_file is None:
-            found = sorted((data_root / "annotations").glob("*.json")) if (data_root / "annotations").is_dir() else []
-            if len(found) != 1:
-                raise FileNotFoundError(
-                    f"no MPII annotations under {data_root} (expected annot/{split}.json); use --ann-file"
-                )
-            ann_file = found[0]
-    elif not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    if image_dir is None:
-        image_dir = data_root / "images"
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"no image folder {image_dir}; use --image-dir")
-    elif not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_dir}")
-    return ann_file, image_dir
+    """(HRNet-layout json, image folder) of an MPII root; see `tokenpose.data.roots`."""
+    return resolve_data_files("mpii", data_root, ann_file, image_dir, split)
 
 
 def build_train_dataset(cfg: TrainConfig) -> Dataset:
