@@ -1,14 +1,24 @@
-"""What every CLI module shares: option aliases and turning known errors into one line."""
+"""What the CLI modules share: option aliases, opening engines, progress bars, one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tokenpose.errors import TokenPoseError
 
@@ -21,11 +31,77 @@ CheckpointOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
+# Options of the commands that run an engine file (eval, validate, predict).
+EngineOpt = Annotated[Path, typer.Option("--engine", "-e", help="Model file: .pth (PyTorch), .onnx, .engine (TensorRT) or .pt2 (AOTInductor).")]
+DataRootOpt = Annotated[Path, typer.Option("--data-root", "-d", help="COCO or MPII root (see `tokenpose eval --help`).")]
+EngineVariantOpt = Annotated[
+    str | None, typer.Option("--variant", "-v", help="Variant of a .pth without variant metadata.")
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="auto, cpu, cuda[:N] (PyTorch), cuda or tensorrt (ONNX Runtime EP)."),
+]
+PrecisionOpt = Annotated[
+    str | None, typer.Option("--precision", help="PyTorch autocast: fp32, fp16 or bf16 (.pth only).")
+]
+FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Official flip test (mirror crops, average).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Crops per engine call (default: engine max or 32).")]
+DetFileOpt = Annotated[
+    Path | None, typer.Option("--det-file", help="COCO person-detection results json (default: ground-truth boxes).")
+]
+AnnFileOpt = Annotated[Path | None, typer.Option("--ann-file", help="Annotation json (default: found under the root).")]
+ImageDirOpt = Annotated[Path | None, typer.Option("--image-dir", help="Image folder (default: found under the root).")]
+HeadBoxesOpt = Annotated[
+    Path | None, typer.Option("--head-boxes", help="MPII head boxes: gt_valid.mat, .npy or .json (N, 2, 2).")
+]
+StandinOpt = Annotated[
+    bool,
+    typer.Option("--head-size-standin", help="MPII without head boxes: use the head segment (not comparable)."),
+]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Only the first N images (quick check).")]
+
+
+def open_engine(path: Path, variant: str | None = None, device: str | None = None, precision: str | None = None):
+    """`load_engine` with only the options the user gave."""
+    from tokenpose.engines.base import load_engine
+
+    given = {"variant": variant, "device": device, "precision": precision}
+    options = {k: v for k, v in given.items() if v is not None}
+    return load_engine(path, **options)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator:
+    """A rich progress bar on stderr; yields `update(done, total)`."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
 
 def fail(message: str) -> typer.Exit:
     """Print `message` as one line on stderr; return the Exit to raise."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+def echo_notes(notes: list[str]) -> None:
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+
+
+def warn_random_weights(engine) -> None:
+    if (engine.manifest or {}).get("random_weights"):
+        typer.secho(f"warning: {engine.manifest.get('artifact')} holds randomly initialised weights: "
+                    "its accuracy means nothing", fg=typer.colors.YELLOW, err=True)
 
 
 def friendly_errors(func: F) -> F:

@@ -1,87 +1,37 @@
-"""`tokenpose eval` / `tokenpose-eval`: COCO keypoint AP or MPII PCKh of any engine file.
-
-Also holds the engine options and the progress bar that `validate` and `predict` share.
-"""
+"""`tokenpose eval` / `tokenpose-eval`: COCO keypoint AP or MPII PCKh of any engine file."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tokenpose.cli.common import JsonFlag, friendly_errors, standalone
-
-EngineOpt = Annotated[Path, typer.Option("--engine", "-e", help="Model file: .pth (PyTorch), .onnx or .engine (TensorRT).")]
-DataRootOpt = Annotated[Path, typer.Option("--data-root", "-d", help="COCO or MPII root (see `tokenpose eval --help`).")]
-EngineVariantOpt = Annotated[
-    str | None, typer.Option("--variant", "-v", help="Variant of a .pth without variant metadata.")
-]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option("--device", help="auto, cpu, cuda[:N] (PyTorch), cuda or tensorrt (ONNX Runtime EP)."),
-]
-PrecisionOpt = Annotated[
-    str | None, typer.Option("--precision", help="PyTorch autocast: fp32, fp16 or bf16 (.pth only).")
-]
-FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Official flip test (mirror crops, average).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Crops per engine call (default: engine max or 32).")]
-DetFileOpt = Annotated[
-    Path | None, typer.Option("--det-file", help="COCO person-detection results json (default: ground-truth boxes).")
-]
-AnnFileOpt = Annotated[Path | None, typer.Option("--ann-file", help="Annotation json (default: found under the root).")]
-ImageDirOpt = Annotated[Path | None, typer.Option("--image-dir", help="Image folder (default: found under the root).")]
-HeadBoxesOpt = Annotated[
-    Path | None, typer.Option("--head-boxes", help="MPII head boxes: gt_valid.mat, .npy or .json (N, 2, 2).")
-]
-StandinOpt = Annotated[
-    bool,
-    typer.Option("--head-size-standin", help="MPII without head boxes: use the head segment (not comparable)."),
-]
-MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Only the first N images (quick check).")]
-
-
-def open_engine(path: Path, variant: str | None = None, device: str | None = None, precision: str | None = None):
-    """`load_engine` with only the options the user gave."""
-    from tokenpose.engines.base import load_engine
-
-    given = {"variant": variant, "device": device, "precision": precision}
-    options = {k: v for k, v in given.items() if v is not None}
-    return load_engine(path, **options)
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator:
-    """A rich progress bar on stderr; yields `update(done, total)`."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
-def _echo_notes(notes: list[str]) -> None:
-    for note in notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-
-
-def _warn_random(engine) -> None:
-    if (engine.manifest or {}).get("random_weights"):
-        typer.secho(f"warning: {engine.manifest.get('artifact')} holds randomly initialised weights: "
-                    "its accuracy means nothing", fg=typer.colors.YELLOW, err=True)
+from tokenpose.cli.common import (
+    AnnFileOpt,
+    BatchOpt,
+    DataRootOpt,
+    DetFileOpt,
+    DeviceOpt,
+    EngineOpt,
+    EngineVariantOpt,
+    FlipOpt,
+    HeadBoxesOpt,
+    ImageDirOpt,
+    JsonFlag,
+    MaxImagesOpt,
+    PrecisionOpt,
+    StandinOpt,
+    echo_notes,
+    friendly_errors,
+    open_engine,
+    progress_bar,
+    standalone,
+    warn_random_weights,
+)
 
 
 @friendly_errors
@@ -113,8 +63,8 @@ def command(
     data = open_dataset(data_root, eng.config, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
                         head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images)
     if not as_json:
-        _warn_random(eng)
-        _echo_notes(data.notes)
+        warn_random_weights(eng)
+        echo_notes(data.notes)
     with progress_bar(f"eval {engine.name}", enabled=not as_json) as update:
         report = evaluate(eng, data, flip_test=flip, batch_size=batch_size, results_file=results, progress=update)
     if as_json:

@@ -20,16 +20,17 @@ import cv2
 import numpy as np
 import typer
 
-from tokenpose.cli.common import friendly_errors, standalone
-from tokenpose.cli.eval import (
+from tokenpose.cli.common import (
     BatchOpt,
     DeviceOpt,
     EngineOpt,
     EngineVariantOpt,
     FlipOpt,
     PrecisionOpt,
+    friendly_errors,
     open_engine,
     progress_bar,
+    standalone,
 )
 from tokenpose.data.transforms import ImageReadError, read_image
 from tokenpose.errors import TokenPoseError

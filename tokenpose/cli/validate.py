@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenpose.cli.common import JsonFlag, friendly_errors, standalone
-from tokenpose.cli.eval import (
+from tokenpose.cli.common import (
     AnnFileOpt,
     BatchOpt,
     DataRootOpt,
@@ -22,11 +21,14 @@ from tokenpose.cli.eval import (
     FlipOpt,
     HeadBoxesOpt,
     ImageDirOpt,
+    JsonFlag,
     MaxImagesOpt,
     StandinOpt,
-    _echo_notes,
+    echo_notes,
+    friendly_errors,
     open_engine,
     progress_bar,
+    standalone,
 )
 from tokenpose.files import atomic_write
 
@@ -62,7 +64,7 @@ def command(
     data = open_dataset(data_root, reference.config, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
                         head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images)
     if not as_json:
-        _echo_notes(data.notes)
+        echo_notes(data.notes)
     with progress_bar(f"validate {engine.name}", enabled=not as_json) as update:
         report = validate(test, reference, data, flip_test=flip, batch_size=batch_size, progress=update)
     if out is not None:
