@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from tokenpose.bench.harness import (
     SCHEMA,
     BenchError,
+    BenchSettings,
     latency_stats,
     parse_batches,
     parse_names,
@@ -190,3 +191,24 @@ def test_named_torch_engine_is_made_on_demand(tmp_path):
     assert row["engine"] == "torch" and row["status"] == "ok" and row["artifact"] == str(weights)
     assert row["true_gflops"] == pytest.approx(3.2, abs=0.05) and row["achieved_gflops_per_s"] > 0
     assert row["peak_fraction"] is not None
+
+
+def test_cached_artifacts_must_cover_the_requested_run(tmp_path):
+    # A cached model is reused only when it was made from the same weights and its batch range
+    # (fixed in an engine profile) covers the largest batch asked for.
+    from tokenpose.bench.harness import _cached_artifact
+    from tokenpose.export.manifest import BatchRange, sha256_file
+    from tokenpose.export.pipeline import ExportOptions, export_model
+
+    weights = tmp_path / "w.pth"
+    save_weights(TokenPose("t"), weights, variant="t")
+    summary = export_model(
+        ExportOptions(variant="t", out_dir=tmp_path, checkpoint=weights, batch=BatchRange(1, 2, 4),
+                      simplify=False, verify_batches=(1,)),
+        log=lambda _m: None,
+    )
+    onnx = summary.artifacts[0].path
+    sha = sha256_file(weights)
+    assert _cached_artifact(onnx, sha, BenchSettings(batches=[1, 4]))
+    assert not _cached_artifact(onnx, sha, BenchSettings(batches=[1, 8]))
+    assert not _cached_artifact(onnx, "0" * 64, BenchSettings(batches=[1]))

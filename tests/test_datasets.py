@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tokenpose.data.transforms import (
 from tokenpose.models.config import get_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
-COCO_ROOT = FIXTURES / "coco_mini"
+COCO_ROOT = COCO_MINI = FIXTURES / "coco_mini"
 COCO_JSON = COCO_ROOT / "annotations" / "person_keypoints_mini.json"
 COCO_IMAGES = COCO_ROOT / "images"
 COCO_DETS = COCO_ROOT / "person_detection_results" / "COCO_val2017_detections_AP_H_56_person_subset.json"
@@ -307,3 +308,52 @@ def test_mpii_missing_image(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1"):
         ds = MpiiKeypoints(path, MPII_IMAGES, on_bad="skip", headboxes=np.zeros((5, 2, 2)))
     assert len(ds) == 4 and len(ds.headboxes) == 4
+
+
+def test_skip_mode_skips_images_that_fail_to_decode(tmp_path):
+    # The construction check reads headers only; a file with a valid header and a broken body is
+    # skipped when read (with a warning and a count) instead of stopping training.
+    images = tmp_path / "images"
+    shutil.copytree(COCO_MINI / "images", images)
+    broken = images / "000000000785.jpg"
+    broken.write_bytes(broken.read_bytes()[:64] + b"\0" * 2000)
+    ann = COCO_MINI / "annotations" / "person_keypoints_mini.json"
+    ds = CocoKeypoints(ann, images, on_bad="skip")
+    first_bad = next(i for i, p in enumerate(ds.records.image_paths) if p.endswith("000000000785.jpg"))
+    with pytest.warns(UserWarning, match=r"000000000785\.jpg.*1 so far"):
+        sample = ds[first_bad]
+    assert not sample["image_path"].endswith("000000000785.jpg")
+    assert ds.skipped_at_load == 1
+    strict = CocoKeypoints(ann, images, on_bad="raise")
+    with pytest.raises(Exception, match="000000000785.jpg"):
+        strict[first_bad]
+
+
+def test_tiny_detection_boxes_and_ragged_keypoints_are_reported(tmp_path):
+    ann = COCO_MINI / "annotations" / "person_keypoints_mini.json"
+    det = [
+        {"image_id": 785, "category_id": 1, "score": 0.9, "bbox": [100, 100, 0, 0]},
+        {"image_id": 785, "category_id": 1, "score": 0.9, "bbox": [100, 100, 0.5, 0.5]},
+        {"image_id": 785, "category_id": 1, "score": 0.9, "bbox": [100, 100, 50, 120]},
+    ]
+    (tmp_path / "det.json").write_text(json.dumps(det))
+    with pytest.raises(DatasetError, match="smaller than one pixel"):
+        CocoKeypoints(ann, COCO_MINI / "images", detections=tmp_path / "det.json")
+    with pytest.warns(UserWarning, match="skipped 2 unusable"):
+        ds = CocoKeypoints(ann, COCO_MINI / "images", detections=tmp_path / "det.json", on_bad="skip")
+    assert len(ds) == 1
+
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = [a for a in coco["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]]
+    coco["annotations"][0]["keypoints"] = coco["annotations"][0]["keypoints"][:-3]
+    (tmp_path / "ragged.json").write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match=f"annotation {coco['annotations'][0]['id']}: 48 keypoint values, expected 51"):
+        CocoKeypoints(tmp_path / "ragged.json", COCO_MINI / "images")
+
+
+def test_annotation_file_without_people_is_a_clear_error(tmp_path):
+    coco = json.loads((COCO_MINI / "annotations" / "person_keypoints_mini.json").read_text())
+    coco["annotations"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(coco))
+    ds = CocoKeypoints(tmp_path / "empty.json", COCO_MINI / "images")
+    assert len(ds) == 0 and len(ds.image_ids) == 70

@@ -300,10 +300,17 @@ def test_cli_reads_architecture_from_training_checkpoint(tmp_path):
     assert result.exit_code == 1 and "does not fit TokenPose 't'" in result.output
 
 
-def test_cli_needs_variant_when_checkpoint_has_no_architecture(checkpoint_t, tmp_path):
-    result = CliRunner().invoke(app, ["explain", str(IMAGE), "-c", str(checkpoint_t), "-b", BOX_ARG])
-    assert result.exit_code == 1
-    assert "does not record its architecture; pass --variant" in result.output
+def test_cli_variant_from_key_shapes_or_clear_error(checkpoint_t, tmp_path):
+    # No metadata: a registered variant is recognised by its key shapes, as the engines do.
+    out = tmp_path / "t"
+    result = CliRunner().invoke(app, ["explain", str(IMAGE), "-c", str(checkpoint_t), "-b", BOX_ARG, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / OUTPUT_FILES["constraints"]).read_text())["variant"] == "t"
+    # A custom architecture saved without its config cannot be identified.
+    tiny = create_model(dataclasses.replace(VARIANTS["t"], name="t-anon", depth=1))
+    save_weights(tiny, tmp_path / "anon.pth")
+    result = CliRunner().invoke(app, ["explain", str(IMAGE), "-c", str(tmp_path / "anon.pth"), "-b", BOX_ARG])
+    assert result.exit_code == 1 and "cannot tell which variant" in result.output
 
 
 @pytest.mark.parametrize(

@@ -156,3 +156,13 @@ def test_dark_step_is_bounded_on_flat_maps():
     step = np.abs(refined - plain)
     assert step.max() <= 1.0
     assert (step > 0).any()  # DARK still refines where the quadratic model holds
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_accepts_half_precision_tensors(dtype):
+    codec = HeatmapCodec((256, 192), (64, 48))
+    maps = np.random.default_rng(1).normal(0, 0.1, (2, 17, 64, 48)).astype(np.float32)
+    maps[:, :, 20, 30] += 3.0
+    ours, maxvals = codec.decode(torch.from_numpy(maps).to(dtype))
+    assert np.allclose(ours[..., 0], 30, atol=1.0) and np.allclose(ours[..., 1], 20, atol=1.0)
+    assert maxvals.dtype == np.float32

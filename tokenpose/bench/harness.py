@@ -633,8 +633,10 @@ def _weights_file(variant: str, work: Path, checkpoint: str | None, seed: int) -
     return path
 
 
-def _cached_artifact(path: Path, weights_sha: str) -> bool:
-    """True when `path` and its manifest exist, match, and were made from these weights."""
+def _cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> bool:
+    """True when `path` and its manifest exist, match, and were made from these weights with what
+    this run asks for: a batch range up to its largest batch (an engine profile is fixed at build
+    time) and, for INT8, the same calibration data and size."""
     from tokenpose.export.manifest import verify_manifest
 
     if not path.is_file():
@@ -643,7 +645,16 @@ def _cached_artifact(path: Path, weights_sha: str) -> bool:
         manifest = verify_manifest(path)
     except TokenPoseError:
         return False
-    return manifest.checkpoint_sha256 == weights_sha
+    if manifest.checkpoint_sha256 != weights_sha or manifest.batch.get("max", 0) < max(settings.batches):
+        return False
+    if manifest.precision == "int8":
+        calib = manifest.calibration or {}
+        source = calib.get("source")
+        if (settings.calib_data is None or source is None
+                or Path(source).resolve() != Path(settings.calib_data).resolve()
+                or calib.get("num_crops") != settings.calib_size):
+            return False
+    return True
 
 
 def _export_reason(exc: BaseException) -> str:
@@ -701,7 +712,7 @@ def prepare_engines(settings: BenchSettings, variant: str, log: Callable[[str], 
     for spec in wanted:
         if spec.backend != "torch":
             artifacts[spec.name] = work / artifact_name(cfg.name, spec.precision, spec.suffix)
-    missing = [s for s in wanted if s.name in artifacts and not _cached_artifact(artifacts[s.name], weights_sha)]
+    missing = [s for s in wanted if s.name in artifacts and not _cached_artifact(artifacts[s.name], weights_sha, settings)]
     export_error = None
     if missing:
         want_precisions = {s.precision for s in missing}

@@ -35,22 +35,18 @@ def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
 def load_model(checkpoint: Path, variant: str | None) -> TokenPose:
     """The model of `checkpoint`, in eval mode.
 
-    The architecture is `variant` when it names a registered variant; otherwise the
-    `model_config` that training checkpoints record (e.g. the reduced `t-mini` of the overfit
-    benchmark), whose name must match `variant` when one is given.
+    The architecture is `variant` when given, else what the checkpoint records (a variant name,
+    or the `model_config` of a training checkpoint such as the overfit benchmark's `t-mini`), else
+    the variant whose key shapes it matches exactly, the same rule as the PyTorch engine.
     """
-    ckpt = read_checkpoint(checkpoint)
-    stored = ckpt.get("model_config") if isinstance(ckpt, dict) else None
-    if variant in VARIANTS or (variant is not None and stored is None):
-        config = get_config(variant)
-    elif stored is None:
-        raise ValueError(f"{checkpoint} does not record its architecture; pass --variant")
-    elif variant is not None and stored.get("name") != variant:
-        raise ValueError(f"{checkpoint} holds variant {stored.get('name')!r}, not {variant!r}")
-    else:
-        from tokenpose.training.trainer import model_config_from_checkpoint
+    from tokenpose.engines.torch_engine import checkpoint_config
 
-        config = model_config_from_checkpoint(ckpt)
+    ckpt = read_checkpoint(checkpoint)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{checkpoint}: not a checkpoint dict")
+    config = get_config(variant) if variant in VARIANTS else checkpoint_config(ckpt, source=str(checkpoint))
+    if variant is not None and config.name != variant:
+        raise ValueError(f"{checkpoint} holds variant {config.name!r}, not {variant!r}")
     model = TokenPose(config)
     load_official_state_dict(model, ckpt, source=str(checkpoint))
     return model.eval()

@@ -70,6 +70,7 @@ class CocoKeypoints(TopDownDataset):
         if not isinstance(coco, dict) or "images" not in coco:
             raise DatasetError(f"{self.ann_file!r} is not a COCO annotation file (no 'images' list)")
         images = {int(im["id"]): im for im in coco["images"]}
+        self.image_ids = sorted(images)  # every image of the json, with or without people
         if detections is None:
             records, problems = self._gt_records(coco.get("annotations", []), images, aspect_ratio)
         else:
@@ -86,6 +87,7 @@ class CocoKeypoints(TopDownDataset):
             records, input_hw=input_hw, heatmap_hw=heatmap_hw, sigma=sigma,
             flip_pairs=COCO_FLIP_PAIRS, upper_body_ids=COCO_UPPER_BODY, train=train,
             augmentation=(augmentation or COCO_AUGMENTATION) if train else None, seed=seed,
+            on_bad=on_bad,
         )
 
 
@@ -113,6 +115,10 @@ class CocoKeypoints(TopDownDataset):
         problems = [f"annotation {a['id']}: image id {a['image_id']} is not in the json's images"
                     for a in anns if int(a["image_id"]) not in images]
         anns = [a for a in anns if int(a["image_id"]) in images]
+        expected = 3 * len(COCO_KEYPOINTS)
+        problems += [f"annotation {a['id']}: {len(a['keypoints'])} keypoint values, expected {expected}"
+                     for a in anns if len(a["keypoints"]) != expected]
+        anns = [a for a in anns if len(a["keypoints"]) == expected]
         sizes = np.array([[images[a["image_id"]]["width"], images[a["image_id"]]["height"]] for a in anns],
                          dtype=np.float64).reshape(-1, 2)
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
@@ -123,10 +129,7 @@ class CocoKeypoints(TopDownDataset):
             for a, s, v in zip(anns, sizes, valid) if not v
         ]
         anns = [a for a, v in zip(anns, valid) if v]
-        kpts = np.array([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), -1, 3)
-        if kpts.shape[1] != len(COCO_KEYPOINTS):
-            raise DatasetError(f"{self.ann_file!r}: expected {len(COCO_KEYPOINTS)} keypoints per person, "
-                               f"got {kpts.shape[1]}")
+        kpts = np.array([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), len(COCO_KEYPOINTS), 3)
         return self._records(
             [self._image_path(images[a["image_id"]]) for a in anns],
             [a["image_id"] for a in anns], [a["id"] for a in anns], clipped[valid],
@@ -145,9 +148,14 @@ class CocoKeypoints(TopDownDataset):
         boxes = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
         sizes = np.array([[images[d["image_id"]]["width"], images[d["image_id"]]["height"]] for d in dets],
                          dtype=np.float64).reshape(-1, 2)
-        _, valid = clip_box_to_image(boxes, sizes[:, 0], sizes[:, 1])
-        problems += [f"detection on image {d['image_id']}: box {d['bbox']} lies outside the image"
-                     for d, v in zip(dets, valid) if not v]
+        _, inside = clip_box_to_image(boxes, sizes[:, 0], sizes[:, 1])
+        # A box under one pixel wide or high has no person to crop (and a scale near 0 would give
+        # a mirrored, hugely magnified crop), so it is reported like a box outside the image.
+        big_enough = (boxes[:, 2] >= 1) & (boxes[:, 3] >= 1)
+        valid = inside & big_enough
+        problems += [f"detection on image {d['image_id']}: box {d['bbox']} "
+                     + ("lies outside the image" if not i else "is smaller than one pixel")
+                     for d, i, v in zip(dets, inside, valid) if not v]
         dets = [d for d, v in zip(dets, valid) if v]
         # Detection boxes are used as given (not clipped), like the official loader.
         return self._records(

@@ -33,7 +33,9 @@ def _to_numpy(x) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        # numpy has no bfloat16; half and bfloat16 maps are decoded in float32.
+        return (x.float() if x.dtype.is_floating_point and x.element_size() < 4 else x).numpy()
     return np.asarray(x)
 
 

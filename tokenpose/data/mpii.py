@@ -80,6 +80,7 @@ class MpiiKeypoints(TopDownDataset):
             records, input_hw=input_hw, heatmap_hw=heatmap_hw, sigma=sigma,
             flip_pairs=MPII_FLIP_PAIRS, upper_body_ids=MPII_UPPER_BODY, train=train,
             augmentation=(augmentation or MPII_AUGMENTATION) if train else None, seed=seed,
+            on_bad=on_bad,
         )
 
 

@@ -4,7 +4,8 @@ COCO: `annotations/person_keypoints_<split>2017.json`, else the only `annotation
       images in `images/<split>2017`, `<split>2017` or `images`.
 MPII: `annot/<split>.json` or `annotations/<split>.json` (HRNet layout), else the only json in
       `annot/` or `annotations/`; images in `images/`.
-Explicit `ann_file` / `image_dir` win. Errors say what was looked for.
+A file named for another split (e.g. `person_keypoints_train2017.json` when evaluating on "val")
+is never taken as the fallback. Explicit `ann_file` / `image_dir` win. Errors say what was looked for.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ class DataRootError(TokenPoseError, FileNotFoundError):
     """A data root, annotation file or image folder is missing or ambiguous."""
 
 
-def _only(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+SPLITS = {"coco": ("train", "val", "test"), "mpii": ("train", "valid", "test")}
+
+
+def _only(folder: Path, pattern: str, other_splits: list[str]) -> list[Path]:
+    """Files matching `pattern`, leaving out those named for another split (never a silent swap)."""
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    return [p for p in found if p.name not in other_splits]
 
 
 def resolve_data_files(
@@ -45,13 +51,16 @@ def resolve_data_files(
             raise DataRootError(f"data root not found or not a folder: {root}")
 
     if ann_file is None:
+        others = [s for s in SPLITS[kind] if s != split]
         if kind == "coco":
             exact = [root / "annotations" / f"person_keypoints_{split}2017.json"]
-            found = _only(root / "annotations", "person_keypoints*.json")
-            expected = "annotations/person_keypoints_*.json"
+            found = _only(root / "annotations", "person_keypoints*.json",
+                          [f"person_keypoints_{s}2017.json" for s in others])
+            expected = f"annotations/person_keypoints_{split}2017.json"
         else:
             exact = [root / "annot" / f"{split}.json", root / "annotations" / f"{split}.json"]
-            found = _only(root / "annot", "*.json") or _only(root / "annotations", "*.json")
+            names = [f"{s}.json" for s in others]
+            found = _only(root / "annot", "*.json", names) or _only(root / "annotations", "*.json", names)
             expected = f"annot/{split}.json"
         ann_file = next((p for p in exact if p.is_file()), None)
         if ann_file is None and len(found) == 1:

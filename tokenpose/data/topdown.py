@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from tokenpose.data.heatmaps import HeatmapCodec
 from tokenpose.data.transforms import (
     Augmentation,
+    ImageReadError,
     affine_points,
     crop_person,
     flip_image,
@@ -108,8 +109,11 @@ class TopDownDataset(Dataset):
         train: bool,
         augmentation: Augmentation | None,
         seed: int,
+        on_bad: str = "raise",
     ) -> None:
         self.records = records
+        self.on_bad = on_bad
+        self.skipped_at_load = 0  # images that failed to decode in __getitem__ (on_bad="skip")
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.codec = HeatmapCodec(self.input_hw, (int(heatmap_hw[0]), int(heatmap_hw[1])), float(sigma))
         self.flip_pairs = tuple(tuple(p) for p in flip_pairs)
@@ -135,9 +139,23 @@ class TopDownDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        n = len(self.records)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        if self.on_bad == "raise":
+            return self._sample(index)
+        # The construction-time check reads only file headers; a file that still fails to decode
+        # is skipped here (the next sample takes its place), with a warning and a running count.
+        for attempt in range(n):
+            try:
+                return self._sample((index + attempt) % n)
+            except (ImageReadError, FileNotFoundError) as exc:
+                self.skipped_at_load += 1
+                warnings.warn(f"{exc}; sample skipped ({self.skipped_at_load} so far)", stacklevel=2)
+        raise DatasetError(f"none of the {n} samples has a readable image")
+
+    def _sample(self, index: int) -> dict:
         rec = self.records
-        if not 0 <= index < len(rec):
-            raise IndexError(f"index {index} out of range for {len(rec)} samples")
         path = rec.image_paths[index]
         image = read_image(path)
         center, scale, rotation, flipped = rec.centers[index], rec.scales[index], 0.0, False

@@ -24,9 +24,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tokenpose.files import atomic_write
 from tokenpose.data.keypoints import COCO_SIGMAS, PIXEL_STD
 from tokenpose.evaluation.oks import oks_nms
+from tokenpose.files import atomic_write
 
 __all__ = ["COCO_STAT_NAMES", "CocoEvaluator", "rescore"]
 

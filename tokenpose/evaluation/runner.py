@@ -52,6 +52,10 @@ class EvalDataset:
     headboxes: np.ndarray | None = None  # (N, 2, 2) MPII head boxes, pixels
     head_size_standin: bool = False  # MPII: the head-segment stand-in instead of head boxes
     notes: list[str] = field(default_factory=list)
+    # COCO: the images AP is computed over. Every image of the annotation file, as the official
+    # evaluation does (people in images without a detection count as misses), or the images kept
+    # by `max_images`.
+    ap_image_ids: np.ndarray | None = None
 
     @property
     def num_images(self) -> int:
@@ -132,18 +136,21 @@ def open_dataset(
         keep = np.array([p in keep_paths for p in records.image_paths])
         records = records.select(keep)
         hb = hb[keep] if hb is not None else None
-    if det_file is not None and max_images is None:
-        import json
-
-        with open(ann) as f:
-            total = len(json.load(f).get("images", []))
-        with_dets = len(set(records.image_ids.tolist()))
-        if with_dets < total:
-            notes.append(f"the detections cover {with_dets} of {total} images; AP is computed on those images")
+    ap_image_ids = None
+    if kind == "coco":
+        if max_images is None:
+            ap_image_ids = np.array(sorted(int(i) for i in ds.image_ids), dtype=np.int64)
+        else:
+            ap_image_ids = np.unique(records.image_ids)
+            notes.append(f"AP over the first {len(ap_image_ids)} images only (--max-images)")
+        with_boxes = len(np.unique(records.image_ids))
+        if det_file is not None and max_images is None and with_boxes < len(ap_image_ids):
+            notes.append(f"the detections cover {with_boxes} of {len(ap_image_ids)} images; people in the "
+                         "others count as misses, as in the official evaluation")
     if head_size_standin and hb is None:
         notes.append("PCKh uses the head-segment stand-in, not head boxes: not comparable with published PCKh")
     return EvalDataset(kind, records, ann, images, Path(det_file) if det_file else None, hb,
-                       head_size_standin and hb is None, notes)
+                       head_size_standin and hb is None, notes, ap_image_ids)
 
 
 def predict_dataset(
@@ -215,7 +222,7 @@ def _metrics(data: EvalDataset, keypoints: np.ndarray, maxvals: np.ndarray,
     if data.kind == "coco":
         ev = CocoEvaluator(data.ann_file)
         ev.add(rec.image_ids, keypoints, maxvals, rec.centers, rec.scales, rec.box_scores)
-        stats = ev.evaluate()
+        stats = ev.evaluate(None if data.ap_image_ids is None else data.ap_image_ids.tolist())
         if results_path is not None:
             ev.write_results(results_path)
         return stats, ev.last_summary
@@ -271,6 +278,8 @@ def evaluate(
     from tokenpose.engines.predictor import PosePredictor
 
     _check_dataset(engine, data)
+    if results_file is not None and data.kind != "coco":
+        raise TokenPoseError("--results writes a COCO results json; MPII evaluation has no such file")
     start = time.perf_counter()
     predictor = PosePredictor(engine, flip_test=flip_test, batch_size=batch_size)
     [(kpts, mv)] = predict_dataset([predictor], data, progress=progress)
