@@ -7,7 +7,10 @@ with their ground-truth boxes, and compares it with `PosePredictor(AotiEngine)`:
 
 * model input (crop, colour order, normalisation): identical floats;
 * decoding (argmax + DARK + inverse affine) of the same heatmaps: equal to 1e-9 px;
-* end to end, keypoints within 0.01 px, scores and person scores within 1e-5;
+* end to end, keypoints within 0.01 px, scores and person scores within 1e-5, with `--warp` as the
+  Python cv2 needs it and with the program's default (which must pick the same by itself);
+* loading checks the manifest: a tampered package is refused (sha256, checked against hashlib);
+* a package exported with a minimum batch of 2 (cached like the first): chunks below it are padded;
 * bad input (missing files, bad JSON, empty or malformed boxes, broken model): exit status 1 or 2
   and a one-line message, never a crash.
 
@@ -42,6 +45,7 @@ CACHE = ROOT / "build" / "cpp-test"
 COCO_MINI = ROOT / "tests" / "fixtures" / "coco_mini"
 REQUIRE = os.environ.get("TOKENPOSE_REQUIRE_CPP", "") not in ("", "0")
 BATCH_RANGE = "1:8:16"
+MIN2_BATCH_RANGE = "2:4:8"  # a package that refuses batch 1: the C++ predictor must pad
 # Images with many people; the first boxes of each, plus boxes that probe the edge cases.
 IMAGES = ("000000129648.jpg", "000000184613.jpg", "000000293802.jpg")
 BOXES_PER_IMAGE = 6
@@ -154,6 +158,24 @@ def tiny_pt2() -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_min2_pt2(tiny_pt2) -> Path:
+    """The same seeded model exported with batch range 2:4:8, cached beside `tiny_pt2` (same key:
+    same model and export sources; it depends on `tiny_pt2`, which clears stale packages first)."""
+    from tokenpose.export.aoti import export_aoti
+    from tokenpose.models import create_model
+
+    path = tiny_pt2.parent / "tiny_min2.pt2"
+    with _locked("cpp-pt2"):
+        if not (path.is_file() and Path(f"{path}.json").is_file()):
+            torch.manual_seed(0)
+            model = create_model(_tiny_config())
+            started = time.perf_counter()
+            export_aoti(model, path, batch=MIN2_BATCH_RANGE)
+            (path.parent / "export_min2_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
 def engine(tiny_pt2):
     from tokenpose.engines.aoti_engine import AotiEngine
 
@@ -184,21 +206,36 @@ def _cases() -> list[tuple[str, list[list[float]], list[float]]]:
 
 
 def _run_cpp(binary: Path, model: Path, image: Path, boxes_json, tmp: Path, *extra: str,
-             dumps: bool = True) -> tuple[dict, Path, Path]:
+             dumps: bool = True, warp: str | None = "python") -> tuple[dict, Path, Path]:
+    """Run tokenpose_cpp; warp "python": `--warp` as this Python's cv2 needs it, None: no `--warp`."""
     tmp.mkdir(parents=True, exist_ok=True)
     boxes_path = tmp / "boxes.json"
     boxes_path.write_text(json.dumps(boxes_json))
     out, dump_in, dump_hm = tmp / "keypoints.json", tmp / "input.f32", tmp / "heatmaps.f32"
     if dumps:
         extra = ("--dump-input", str(dump_in), "--dump-heatmaps", str(dump_hm), *extra)
-    done = _run([str(binary), "--model", str(model), str(image), str(boxes_path), "-o", str(out), "--warp",
-                 _crop_warp(), *extra], timeout=300)
+    if warp is not None:
+        extra = ("--warp", _crop_warp() if warp == "python" else warp, *extra)
+    done = _run([str(binary), "--model", str(model), str(image), str(boxes_path), "-o", str(out), *extra],
+                timeout=300)
     assert done.returncode == 0, f"tokenpose_cpp failed ({done.returncode}):\n{done.stderr}"
     return json.loads(out.read_text()), dump_in, dump_hm
 
 
 @pytest.mark.parametrize("case", range(len(IMAGES)), ids=list(IMAGES))
 def test_cpp_matches_python_predictor(cpp_binary, tiny_pt2, engine, tmp_path, case):
+    _check_parity(cpp_binary, tiny_pt2, engine, tmp_path, case)
+
+
+def test_cpp_default_warp_matches_python(cpp_binary, tiny_pt2, engine, tmp_path):
+    """Without `--warp` the program must pick, by itself, the crop arithmetic of the project's Python
+    (manifest's OpenCV version, else the linked OpenCV's major): identical inputs, keypoints to 0.01 px."""
+    got = _check_parity(cpp_binary, tiny_pt2, engine, tmp_path, 0, warp=None)
+    assert got["crop_warp"] == _crop_warp()
+
+
+def _check_parity(cpp_binary, model, engine, tmp_path, case, warp="python", extra=(), boxes_slice=None) -> dict:
+    """tokenpose_cpp on `model` against PosePredictor(engine) on image `case`; returns the C++ JSON."""
     import cv2
 
     from tokenpose.data.heatmaps import HeatmapCodec
@@ -206,19 +243,23 @@ def test_cpp_matches_python_predictor(cpp_binary, tiny_pt2, engine, tmp_path, ca
     from tokenpose.engines.predictor import PosePredictor
 
     name, boxes, scores = _cases()[case]
+    if boxes_slice is not None:
+        boxes, scores = boxes[boxes_slice], scores[boxes_slice]
     image_path = COCO_MINI / "images" / name
     boxes_json = [{"bbox": b, "score": s} for b, s in zip(boxes, scores)]
-    got, dump_in, dump_hm = _run_cpp(cpp_binary, tiny_pt2, image_path, boxes_json, tmp_path)
+    got, dump_in, dump_hm = _run_cpp(cpp_binary, model, image_path, boxes_json, tmp_path, *extra, warp=warp)
 
     predictor = PosePredictor(engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped boxes are expected
         want = predictor.predict(image_path, np.array(boxes), np.array(scores))
-    assert got["skipped"] == want.skipped == [len(boxes) - 2, len(boxes) - 1]
+    assert got["skipped"] == want.skipped
+    if boxes_slice is None:
+        assert want.skipped == [len(boxes) - 2, len(boxes) - 1]
     people = got["people"]
     assert [p["index"] for p in people] == [i for i in range(len(boxes)) if i not in want.skipped]
     n, cfg = len(people), engine.config
-    assert n == len(want) >= 5
+    assert n == len(want) >= (5 if boxes_slice is None else 1)
 
     np.testing.assert_allclose([p["center"] for p in people], want.centers, rtol=0, atol=1e-9)
     np.testing.assert_allclose([p["scale"] for p in people], want.scales, rtol=0, atol=1e-12)
@@ -229,7 +270,8 @@ def test_cpp_matches_python_predictor(cpp_binary, tiny_pt2, engine, tmp_path, ca
     diff = np.abs(cpp_input - py_input)
     assert diff.max() == 0, (
         f"C++ model input differs from Python's: max {diff.max():.3g} on {(diff > 0).mean():.1%} of values "
-        f"(Python cv2 {cv2.__version__}, C++ --warp {_crop_warp()} with {got['opencv']}; see cpp/src/preprocess.cpp)"
+        f"(Python cv2 {cv2.__version__}, C++ crop_warp {got['crop_warp']} with {got['opencv']}; "
+        "see cpp/src/preprocess.cpp)"
     )
 
     # 2. Decoding: Python's codec on the C++ heatmaps gives the C++ keypoints.
@@ -251,6 +293,87 @@ def test_cpp_matches_python_predictor(cpp_binary, tiny_pt2, engine, tmp_path, ca
     # The comparison is sharp enough to see DARK: without it the keypoints move well past the tolerance.
     plain, _ = codec.decode(cpp_heatmaps, want.centers, want.scales, dark=False)
     assert np.abs(plain - cpp_kpts).max() > 20 * KEYPOINT_TOL_PX
+    return got
+
+
+def _with_manifest(model: Path, folder: Path, name: str | None = None, **changes) -> Path:
+    """A copy of `model` in `folder` (as `name`) with its manifest, top-level fields replaced by `changes`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / (name or model.name)
+    shutil.copy(model, copy)
+    manifest = json.loads(Path(f"{model}.json").read_text())
+    manifest.update(changes)
+    Path(f"{copy}.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_cpp_default_warp_follows_the_manifest(cpp_binary, tiny_pt2, tmp_path):
+    """The OpenCV version the manifest records decides the default crop arithmetic; `--warp` overrides it."""
+    import cv2
+
+    name, boxes, _ = _cases()[0]
+    image = COCO_MINI / "images" / name
+    versions = json.loads(Path(f"{tiny_pt2}.json").read_text())["versions"]
+    linked = None
+    for key, version, want in (("opencv", "5.0.0", "float"), ("opencv-python-headless", "4.10.0.84", "opencv"),
+                               ("cv2", cv2.__version__, _crop_warp())):
+        model = _with_manifest(tiny_pt2, tmp_path / key, versions={**versions, key: version})
+        got, _, _ = _run_cpp(cpp_binary, model, image, boxes[:2], tmp_path / key, dumps=False, warp=None)
+        assert got["crop_warp"] == want, (key, version, got["crop_warp"])
+        linked = got["opencv"]
+    got, _, _ = _run_cpp(cpp_binary, model, image, boxes[:2], tmp_path / "override", dumps=False, warp="float")
+    assert got["crop_warp"] == "float"
+    # No OpenCV in the manifest (exports before it was recorded): the linked OpenCV's major decides.
+    if not any(k in versions for k in ("opencv", "cv2", "opencv-python-headless", "opencv-python")):
+        got, _, _ = _run_cpp(cpp_binary, tiny_pt2, image, boxes[:2], tmp_path / "plain", dumps=False, warp=None)
+        assert got["crop_warp"] == ("opencv" if int(linked.split(".")[0]) < 5 else "float")
+
+
+def test_cpp_sha256_equals_hashlib(cpp_binary, tiny_pt2, tmp_path):
+    """The self-written SHA-256 that checks the manifest, against hashlib: the package (several 1 MiB
+    chunks), and sizes around the 64-byte block and 56-byte padding boundaries and a chunk edge."""
+    rng = np.random.default_rng(0)
+    files = [tiny_pt2, Path(f"{tiny_pt2}.json")]
+    for size in (0, 3, 55, 56, 63, 64, 65, 119, 120, 1000, (1 << 20) + 7):
+        path = tmp_path / f"r{size}.bin"
+        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        files.append(path)
+    done = _run([str(cpp_binary), "--print-sha256", *map(str, files)], timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f}" for f in files]
+    assert lines[0].split()[0] == json.loads(Path(f"{tiny_pt2}.json").read_text())["sha256"]
+
+
+def test_cpp_refuses_a_model_that_does_not_match_its_manifest(cpp_binary, tiny_pt2, tmp_path):
+    """A package changed after export (one byte flipped, manifest kept) or renamed away from the name
+    its manifest records: exit status 1 and a message that says so; nothing on stdout."""
+    tampered = _with_manifest(tiny_pt2, tmp_path / "tampered")
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    renamed = _with_manifest(tiny_pt2, tmp_path / "renamed", name="other.pt2")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("[[100, 50, 120, 240]]")
+    for model, message in ((tampered, "does not match its manifest: sha256"),
+                           (renamed, "describes 'tiny.pt2', not 'other.pt2'")):
+        done = _run([str(cpp_binary), "--model", str(model), str(COCO_MINI / "images" / IMAGES[0]), str(boxes)],
+                    timeout=120)
+        assert done.returncode == 1, done.stderr
+        first = done.stderr.strip().splitlines()[0]
+        assert first.startswith("tokenpose_cpp: error: ") and message in first, done.stderr
+        assert done.stdout == ""
+
+
+def test_cpp_pads_chunks_below_the_minimum_batch(cpp_binary, tiny_min2_pt2, engine, tmp_path):
+    """A package exported with batch 2:4:8 refuses batch 1; the C++ predictor pads such chunks by
+    repeating the last crop. Same seeded weights as `tiny_pt2`, so Python on that package is the reference:
+    7 crops in chunks of 2 (the last one padded), and a single crop (padded), both within 0.01 px."""
+    manifest = json.loads(Path(f"{tiny_min2_pt2}.json").read_text())
+    assert manifest["batch"]["min"] == 2
+    _check_parity(cpp_binary, tiny_min2_pt2, engine, tmp_path / "chunks", 0, extra=("--batch", "2"))
+    _check_parity(cpp_binary, tiny_min2_pt2, engine, tmp_path / "single", 1, extra=("--batch", "1"),
+                  boxes_slice=slice(0, 1))
 
 
 def test_cpp_chunked_batches_and_plain_box_lists(cpp_binary, tiny_pt2, tmp_path):
@@ -306,9 +429,10 @@ def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
     for fname, data in files.items():
         if data is None:
             shutil.copy(tiny_pt2, tmp_path / fname)
-        elif data == "manifest":
+        elif data == "manifest":  # the model's manifest, made to describe the file written before it
             manifest = json.loads(Path(str(tiny_pt2) + ".json").read_text())
             manifest["artifact"] = fname[: -len(".json")]
+            manifest["sha256"] = hashlib.sha256((tmp_path / manifest["artifact"]).read_bytes()).hexdigest()
             (tmp_path / fname).write_text(json.dumps(manifest))
         else:
             (tmp_path / fname).write_bytes(data)

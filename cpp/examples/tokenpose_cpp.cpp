@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -22,6 +23,7 @@
 #include "tokenpose/engine.hpp"
 #include "tokenpose/predictor.hpp"
 #include "tokenpose/preprocess.hpp"
+#include "tokenpose/sha256.hpp"
 
 namespace {
 
@@ -30,6 +32,7 @@ using tokenpose::Error;
 
 const char* kUsage =
     "usage: tokenpose_cpp --model MODEL IMAGE BOXES [options]\n"
+    "       tokenpose_cpp --print-sha256 FILE...\n"
     "\n"
     "  MODEL   exported model: .pt2 (AOTInductor) or .engine (TensorRT), with MODEL.json beside it\n"
     "  IMAGE   image file (read with OpenCV, EXIF orientation ignored)\n"
@@ -40,11 +43,15 @@ const char* kUsage =
     "  --device auto|cpu|cuda device the model must run on (default: auto)\n"
     "  --threads N            CPU threads for the AOTInductor back-end (default: libtorch's)\n"
     "  --batch N              most crops per engine call (default: the model's max batch)\n"
-    "  --warp float|opencv    crop arithmetic: float = OpenCV 5.x (Python with opencv-python 5,\n"
-    "                         the default), opencv = the linked OpenCV's warpAffine (4.x: Python\n"
-    "                         with opencv-python 4)\n"
+    "  --warp float|opencv    crop arithmetic: float = OpenCV 5.x (Python with opencv-python 5),\n"
+    "                         opencv = the linked OpenCV's warpAffine (4.x: Python with\n"
+    "                         opencv-python 4). Default: the one matching the Python OpenCV the\n"
+    "                         manifest records, else opencv when the linked OpenCV (" CV_VERSION ")\n"
+    "                         is 4.x and float from 5.x\n"
     "  --dump-input FILE      also write the model input, float32 NCHW raw (little-endian)\n"
     "  --dump-heatmaps FILE   also write the heatmaps, float32 NCHW raw\n"
+    "  --print-sha256         print the sha256 of each FILE (as sha256sum) and exit; the hash that\n"
+    "                         loading checks against the manifest's\n"
     "  -h, --help             show this help\n";
 
 struct UsageError : std::runtime_error {
@@ -55,7 +62,9 @@ struct Args {
   std::string model, image, boxes, output, dump_input, dump_heatmaps;
   tokenpose::EngineOptions engine;
   int batch = 0;
-  tokenpose::CropWarp warp = tokenpose::CropWarp::kFloat;
+  std::optional<tokenpose::CropWarp> warp;  // unset: tokenpose::default_crop_warp(manifest)
+  bool print_sha256 = false;
+  std::vector<std::string> files;  // --print-sha256
 };
 
 int parse_int(const std::string& flag, const std::string& value, int min_value) {
@@ -103,11 +112,18 @@ Args parse_args(int argc, char** argv) {
       a.dump_input = value();
     } else if (arg == "--dump-heatmaps") {
       a.dump_heatmaps = value();
+    } else if (arg == "--print-sha256") {
+      a.print_sha256 = true;
     } else if (arg.size() > 1 && arg[0] == '-') {
       throw UsageError("unknown option " + arg);
     } else {
       positional.push_back(arg);
     }
+  }
+  if (a.print_sha256) {
+    if (positional.empty()) throw UsageError("--print-sha256 needs at least one FILE");
+    a.files = positional;
+    return a;
   }
   if (a.model.empty()) throw UsageError("--model MODEL is required");
   if (positional.size() != 2)
@@ -181,7 +197,7 @@ void write_file(const std::string& path, const char* data, size_t size) {
   }
 }
 
-json to_json(const Args& args, const tokenpose::ModelInfo& info, const std::string& backend,
+json to_json(const Args& args, const tokenpose::ModelInfo& info, const std::string& backend, tokenpose::CropWarp warp,
              const tokenpose::Prediction& pred, double seconds) {
   json people = json::array();
   for (const auto& p : pred.people) {
@@ -200,7 +216,7 @@ json to_json(const Args& args, const tokenpose::ModelInfo& info, const std::stri
           {"model", args.model},
           {"variant", info.variant},
           {"backend", backend},
-          {"crop_warp", tokenpose::crop_warp_name(args.warp)},
+          {"crop_warp", tokenpose::crop_warp_name(warp)},
           {"opencv", CV_VERSION},
           {"keypoint_names", info.keypoint_names},
           {"keypoint_format", "[x, y, score] in image pixels, 0-based"},
@@ -209,7 +225,18 @@ json to_json(const Args& args, const tokenpose::ModelInfo& info, const std::stri
           {"seconds", seconds}};
 }
 
+int print_sha256(const Args& args) {
+  for (const std::string& file : args.files) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec)) throw Error("file not found: '" + file + "'");
+    std::cout << tokenpose::sha256_file(file) << "  " << file << "\n";
+  }
+  std::cout << std::flush;
+  return 0;
+}
+
 int run(const Args& args) {
+  if (args.print_sha256) return print_sha256(args);
   const tokenpose::ModelInfo info = tokenpose::read_model_info(args.model);
   const std::vector<tokenpose::Box> boxes = read_boxes(args.boxes);
   const cv::Mat image = tokenpose::read_image(args.image);
@@ -239,7 +266,7 @@ int run(const Args& args) {
     write_file(args.dump_input, reinterpret_cast<const char*>(inputs.data()), inputs.size() * sizeof(float));
   if (!args.dump_heatmaps.empty())
     write_file(args.dump_heatmaps, reinterpret_cast<const char*>(heatmaps.data()), heatmaps.size() * sizeof(float));
-  const std::string text = to_json(args, info, engine->backend(), pred, seconds).dump(2) + "\n";
+  const std::string text = to_json(args, info, engine->backend(), predictor.warp(), pred, seconds).dump(2) + "\n";
   if (args.output.empty()) {
     std::cout << text << std::flush;
     if (!std::cout) throw Error("cannot write the result to stdout");

@@ -43,6 +43,7 @@ class AotiEngine final : public Engine {
 
   std::string backend() const override { return "aoti"; }
   int max_batch() const override { return info_.batch_max; }
+  int min_batch() const override { return info_.batch_min; }
 
   void infer(const float* input, int batch, float* heatmaps) override {
     // The compiled code trusts its bounds: a batch outside the exported range must not reach it.

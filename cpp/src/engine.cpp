@@ -1,4 +1,5 @@
-// Manifest reading and the suffix table that picks a back-end (DESIGN conventions 6 and 7).
+// Manifest reading and checking (artifact name, sha256) and the suffix table that picks a back-end
+// (DESIGN conventions 6 and 7).
 #include "tokenpose/engine.hpp"
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backends.hpp"
+#include "tokenpose/sha256.hpp"
 
 namespace tokenpose {
 namespace {
@@ -80,6 +82,23 @@ ModelInfo read_model_info(const std::string& artifact_path) {
       const json& b = doc["batch"];
       info.batch_min = std::max(1, b.value("min", 1));
       info.batch_max = std::max(0, b.value("max", 0));
+      if (info.batch_max > 0 && info.batch_min > info.batch_max)
+        throw Error("manifest " + where + ": batch min " + std::to_string(info.batch_min) + " > max " +
+                    std::to_string(info.batch_max));
+    }
+    info.artifact = field(doc, "artifact", where).get<std::string>();
+    info.sha256 = field(doc, "sha256", where).get<std::string>();
+    if (doc.contains("gpu") && doc["gpu"].is_string()) info.gpu = doc["gpu"].get<std::string>();
+    if (doc.contains("versions") && doc["versions"].is_object()) {
+      const json& v = doc["versions"];
+      if (v.contains("tensorrt") && v["tensorrt"].is_string()) info.tensorrt_version = v["tensorrt"].get<std::string>();
+      // The OpenCV the exporting Python had, under whichever name the exporter records it.
+      for (const char* key : {"opencv", "cv2", "opencv-python-headless", "opencv-python"}) {
+        if (v.contains(key) && v[key].is_string() && !v[key].get<std::string>().empty()) {
+          info.opencv_version = v[key].get<std::string>();
+          break;
+        }
+      }
     }
   } catch (const json::exception& exc) {
     throw Error("manifest " + where + " has a field of the wrong type: " + exc.what());
@@ -87,9 +106,23 @@ ModelInfo read_model_info(const std::string& artifact_path) {
   return info;
 }
 
+void verify_artifact(const std::string& path, const ModelInfo& info) {
+  const std::string name = std::filesystem::path(path).filename().string();
+  if (info.artifact != name)
+    throw Error("manifest " + path + ".json describes '" + info.artifact + "', not '" + name + "'");
+  const std::string digest = sha256_file(path);
+  std::string want = info.sha256;
+  for (char& c : want) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (digest != want)
+    throw Error(path + " does not match its manifest: sha256 " + digest.substr(0, 12) + "... != " +
+                (want.empty() ? std::string("(empty)") : want.substr(0, 12) + "...") +
+                " (the file was changed or replaced after export)");
+}
+
 std::unique_ptr<Engine> load_engine(const std::string& path, const ModelInfo& info, const EngineOptions& options) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw Error("model file not found: '" + path + "'");
+  verify_artifact(path, info);
   const std::string ext = suffix_of(path);
   if (ext == ".pt2") {
     if (info.format != "pt2")

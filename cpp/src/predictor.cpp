@@ -8,13 +8,16 @@
 
 namespace tokenpose {
 
-PosePredictor::PosePredictor(Engine& engine, ModelInfo info, int batch_size, CropWarp warp)
-    : engine_(engine), info_(std::move(info)), warp_(warp) {
+PosePredictor::PosePredictor(Engine& engine, ModelInfo info, int batch_size, std::optional<CropWarp> warp)
+    : engine_(engine), info_(std::move(info)), warp_(warp ? *warp : default_crop_warp(info_)) {
   const int limit = engine_.max_batch();
+  min_batch_ = std::max(1, engine_.min_batch());
+  if (limit > 0 && min_batch_ > limit)
+    throw Error("the engine's batch range " + std::to_string(min_batch_) + ".." + std::to_string(limit) + " is empty");
   int size = batch_size > 0 ? batch_size : (limit > 0 ? limit : 32);
   if (limit > 0) size = std::min(size, limit);
   if (size < 1) throw Error("batch size must be >= 1, got " + std::to_string(size));
-  batch_size_ = size;
+  batch_size_ = std::max(size, min_batch_);  // a smaller chunk would be padded up to min_batch_ anyway
 }
 
 Prediction PosePredictor::predict(const cv::Mat& bgr, const std::vector<Box>& boxes, std::vector<float>* inputs_out,
@@ -46,7 +49,22 @@ Prediction PosePredictor::predict(const cv::Mat& bgr, const std::vector<Box>& bo
       const int k = std::min(batch_size_, n - start);
       float* batch = inputs.data() + (inputs_out ? size_t(start) * per_input : 0);
       preprocess_crops(bgr, std::vector<Crop>(crops.begin() + start, crops.begin() + start + k), info_, batch, warp_);
-      engine_.infer(batch, k, heatmaps.data() + size_t(start) * per_output);
+      float* out = heatmaps.data() + size_t(start) * per_output;
+      if (k >= min_batch_) {
+        engine_.infer(batch, k, out);
+        continue;
+      }
+      // Below the engine's minimum batch (a TensorRT profile or an AOTInductor package exported with
+      // min > 1): repeat the last crop up to the minimum and drop the extra heatmaps. Crops are
+      // independent through the model, so the kept heatmaps are those of an unpadded call.
+      std::vector<float> padded_in(size_t(min_batch_) * per_input);
+      std::vector<float> padded_out(size_t(min_batch_) * per_output);
+      std::copy(batch, batch + size_t(k) * per_input, padded_in.begin());
+      for (int j = k; j < min_batch_; ++j)
+        std::copy(batch + size_t(k - 1) * per_input, batch + size_t(k) * per_input,
+                  padded_in.begin() + size_t(j) * per_input);
+      engine_.infer(padded_in.data(), min_batch_, padded_out.data());
+      std::copy(padded_out.begin(), padded_out.begin() + size_t(k) * per_output, out);
     }
     const std::vector<Keypoint> kps =
         decode_heatmaps(heatmaps.data(), n, info_.num_joints, info_.heatmap_h, info_.heatmap_w, crops);

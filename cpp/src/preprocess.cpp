@@ -1,7 +1,9 @@
 // Pre-processing, line for line with tokenpose/data/transforms.py (the spec, DESIGN convention 5).
 #include "tokenpose/preprocess.hpp"
 
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <filesystem>
 #include <system_error>
@@ -131,6 +133,15 @@ CropWarp parse_crop_warp(const std::string& name) {
 }
 
 const char* crop_warp_name(CropWarp warp) { return warp == CropWarp::kFloat ? "float" : "opencv"; }
+
+CropWarp default_crop_warp(const ModelInfo& info) {
+  const std::string& v = info.opencv_version;
+  if (!v.empty() && std::isdigit(static_cast<unsigned char>(v[0]))) {
+    const int major = std::atoi(v.c_str());  // "4.10.0" -> 4
+    return major >= 5 ? CropWarp::kFloat : CropWarp::kOpenCV;
+  }
+  return CV_VERSION_MAJOR < 5 ? CropWarp::kOpenCV : CropWarp::kFloat;
+}
 
 void normalize_crop(const cv::Mat& crop, const std::array<float, 3>& mean_rgb, const std::array<float, 3>& std_rgb,
                     float* out) {

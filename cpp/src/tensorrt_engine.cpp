@@ -2,6 +2,8 @@
 // Compiled only where CMake finds TensorRT and CUDA (e.g. NVIDIA's TensorRT container); an engine
 // runs only with the TensorRT version and GPU it was built for, which tokenpose-export records in
 // the manifest beside it.
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -47,6 +49,56 @@ DeviceBuffer device_buffer(size_t bytes, const char* what) {
   return DeviceBuffer(p);
 }
 
+// This process's TensorRT library as {major, minor, patch, build}. getInferLibVersion() is
+// (major * 100 + minor) * 100 + patch (TensorRT 10 and later).
+std::vector<int> tensorrt_runtime_version() {
+  const int32_t v = getInferLibVersion();
+  return {int(v / 10000), int(v / 100 % 100), int(v % 100), int(getInferLibBuildVersion())};
+}
+
+std::string version_text(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "." : "") + std::to_string(v[i]);
+  return s;
+}
+
+// Whether the manifest's version (Python's tensorrt.__version__: "10.7.0.23", "10.7.0",
+// "10.7.0.post1") names this runtime: its leading numeric components, up to four, must match.
+bool same_tensorrt_version(const std::string& built, const std::vector<int>& now) {
+  size_t pos = 0, matched = 0;
+  while (matched < now.size() && pos < built.size()) {
+    const size_t end = std::min(built.find('.', pos), built.size());
+    const std::string part = built.substr(pos, end - pos);
+    if (part.empty() || part.size() > 9 || part.find_first_not_of("0123456789") != std::string::npos) break;
+    if (std::stoi(part) != now[matched]) return false;
+    ++matched;
+    pos = end + 1;
+  }
+  return matched > 0;
+}
+
+// The manifest's TensorRT version and GPU against this machine's (DESIGN convention 7): an engine
+// only deserializes with the TensorRT version and GPU it was built for, and when it does not, this
+// says why instead of TensorRT's generic deserialization error.
+void check_runtime(const std::string& path, const ModelInfo& info) {
+  const std::vector<int> runtime = tensorrt_runtime_version();
+  const std::string now = version_text(runtime);
+  if (info.tensorrt_version.empty())
+    throw Error(path + ": its manifest records no TensorRT version (versions.tensorrt); this machine has TensorRT " +
+                now + ": re-export the engine");
+  if (!same_tensorrt_version(info.tensorrt_version, runtime))
+    throw Error(path + " was built with TensorRT " + info.tensorrt_version + " but this machine has TensorRT " + now +
+                ": rebuild the engine");
+  int device = 0;
+  cudaDeviceProp props{};
+  if (info.gpu.empty() || cudaGetDevice(&device) != cudaSuccess ||
+      cudaGetDeviceProperties(&props, device) != cudaSuccess)
+    return;  // as the Python loader: the GPU is compared when both names are known
+  const std::string gpu(props.name);
+  if (gpu != info.gpu)
+    throw Error(path + " was built for GPU '" + info.gpu + "' but this machine has '" + gpu + "': rebuild the engine");
+}
+
 std::string dims_text(const nvinfer1::Dims& d) {
   std::string s = "[";
   for (int i = 0; i < d.nbDims; ++i) s += (i ? ", " : "") + std::to_string(d.d[i]);
@@ -60,6 +112,7 @@ class TensorRTEngine final : public Engine {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
       throw Error(path + ": no CUDA device is available to run the TensorRT engine");
+    check_runtime(path, info_);
 
     std::ifstream file(path, std::ios::binary);
     std::vector<char> blob((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
@@ -108,6 +161,7 @@ class TensorRTEngine final : public Engine {
 
   std::string backend() const override { return "tensorrt"; }
   int max_batch() const override { return max_batch_; }
+  int min_batch() const override { return min_batch_; }
 
   void infer(const float* input, int batch, float* heatmaps) override {
     if (batch < min_batch_ || batch > max_batch_)

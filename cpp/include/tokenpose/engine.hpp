@@ -20,6 +20,7 @@ class Engine {
   virtual ~Engine() = default;
   virtual std::string backend() const = 0;  // "aoti", "tensorrt"
   virtual int max_batch() const = 0;        // largest batch one call accepts; 0: no limit
+  virtual int min_batch() const = 0;        // smallest batch one call accepts (>= 1; TensorRT profile minimum)
   // input: batch x 3 x H x W floats; heatmaps: batch x J x h x w floats, caller-allocated.
   virtual void infer(const float* input, int batch, float* heatmaps) = 0;
 };
@@ -27,8 +28,14 @@ class Engine {
 // Read `<artifact>.json` beside the artifact (the manifest every export writes).
 ModelInfo read_model_info(const std::string& artifact_path);
 
+// Check that `path` is the file its manifest describes: the manifest's `artifact` names it and its
+// `sha256` matches the file's. Throws Error saying which does not match.
+void verify_artifact(const std::string& path, const ModelInfo& info);
+
 // Open an artifact with the back-end its suffix names: `.pt2` (AOTInductor, libtorch) or
-// `.engine` (TensorRT). Throws Error when the file is missing or this build lacks the back-end.
+// `.engine` (TensorRT), after verify_artifact (engines also check the manifest's TensorRT version
+// and GPU against this machine's). Throws Error when the file is missing, does not match its
+// manifest or this build lacks the back-end.
 std::unique_ptr<Engine> load_engine(const std::string& path, const ModelInfo& info,
                                     const EngineOptions& options = {});
 

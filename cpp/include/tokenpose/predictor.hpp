@@ -1,8 +1,9 @@
 // Top-down pose estimation with any Engine, the C++ twin of tokenpose.engines.PosePredictor:
-// usable boxes -> all crops of the image batched, split only at the engine's max batch -> one
-// engine call per chunk -> one decoding pass over all heatmaps.
+// usable boxes -> all crops of the image batched, split only at the engine's max batch (a chunk
+// below its min batch is padded) -> one engine call per chunk -> one decoding pass over all heatmaps.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include <opencv2/core.hpp>
@@ -29,9 +30,12 @@ struct Prediction {
 
 class PosePredictor {
  public:
-  // batch_size: most crops per engine call; 0: the engine's max batch, else 32.
-  // warp: crop resampling arithmetic, see CropWarp (default: OpenCV 5.x float, as opencv-python 5).
-  PosePredictor(Engine& engine, ModelInfo info, int batch_size = 0, CropWarp warp = CropWarp::kFloat);
+  // batch_size: most crops per engine call; 0: the engine's max batch, else 32. Chunks smaller
+  // than the engine's min_batch() (the last one, or all with a small batch_size) are padded up to
+  // it by repeating their last crop; the extra heatmaps are dropped.
+  // warp: crop resampling arithmetic, see CropWarp; default: default_crop_warp(info), the
+  // arithmetic of the Python OpenCV the manifest records, else that of the linked OpenCV's major.
+  PosePredictor(Engine& engine, ModelInfo info, int batch_size = 0, std::optional<CropWarp> warp = std::nullopt);
 
   // image: BGR uint8 (H, W, 3). When given, `inputs` / `heatmaps` receive the model input and
   // output of all usable boxes (for debugging and the parity test).
@@ -46,6 +50,7 @@ class PosePredictor {
   Engine& engine_;
   ModelInfo info_;
   int batch_size_;
+  int min_batch_ = 1;
   CropWarp warp_;
 };
 

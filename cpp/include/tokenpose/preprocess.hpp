@@ -19,10 +19,17 @@ constexpr double kBoxPadding = 1.25;    // scale factor applied to every box
 // How crops are resampled. Both are cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0), but OpenCV
 // changed its arithmetic between major versions, so "the same call" differs by up to 5 grey levels:
 //   kFloat:  OpenCV 5.x's float32 bilinear warp, reimplemented here so it does not depend on the
-//            OpenCV this program links. Matches Python with opencv-python(-headless) 5.x (default).
+//            OpenCV this program links. Matches Python with opencv-python(-headless) 5.x.
 //   kOpenCV: cv::warpAffine of the linked OpenCV. With OpenCV 4.x (Debian/Ubuntu packages) this is
-//            the 1/32-pixel fixed-point warp of every 4.x release, i.e. Python with opencv-python 4.x.
+//            the 1/32-pixel fixed-point warp of every 4.x release, i.e. Python with opencv-python 4.x
+//            (what the project pins: opencv-python-headless>=4.8,<5).
+// default_crop_warp picks the one that matches the Python the model was exported with.
 enum class CropWarp { kFloat, kOpenCV };
+
+// The crop arithmetic of the Python side: from the OpenCV version the manifest records
+// (info.opencv_version; major >= 5: kFloat, else kOpenCV), or, when it records none, from the
+// linked OpenCV's major version (CV_VERSION_MAJOR < 5: kOpenCV, else kFloat).
+CropWarp default_crop_warp(const ModelInfo& info);
 
 // Row-major 2x3 affine matrix [a b c; d e f]: (x, y) -> (a x + b y + c, d x + e y + f).
 using Affine = std::array<double, 6>;
@@ -45,8 +52,7 @@ Affine crop_affine(const Crop& crop, double rot_deg, int out_w, int out_h, bool 
 
 // cv2.warpAffine(image, m, (out_w, out_h), INTER_LINEAR, BORDER_CONSTANT, 0) of a BGR uint8
 // image with the arithmetic `warp` names (see CropWarp).
-cv::Mat warp_affine_linear(const cv::Mat& bgr, const Affine& image_to_out, int out_w, int out_h,
-                           CropWarp warp = CropWarp::kFloat);
+cv::Mat warp_affine_linear(const cv::Mat& bgr, const Affine& image_to_out, int out_w, int out_h, CropWarp warp);
 
 // (H, W, 3) BGR uint8 crop -> (3, H, W) float32 RGB at `out`: (v / 255 - mean) / std.
 void normalize_crop(const cv::Mat& crop_bgr, const std::array<float, 3>& mean_rgb,
@@ -55,7 +61,7 @@ void normalize_crop(const cv::Mat& crop_bgr, const std::array<float, 3>& mean_rg
 // `preprocess_crops`: every crop of one image, warped and normalised into `batch`
 // (crops.size() x 3 x input_h x input_w floats, caller-allocated).
 void preprocess_crops(const cv::Mat& bgr, const std::vector<Crop>& crops, const ModelInfo& info, float* batch,
-                      CropWarp warp = CropWarp::kFloat);
+                      CropWarp warp);
 
 // "float" / "opencv" <-> CropWarp; parse throws Error for anything else.
 CropWarp parse_crop_warp(const std::string& name);

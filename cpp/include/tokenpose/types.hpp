@@ -45,6 +45,12 @@ struct ModelInfo {
   std::array<float, 3> mean_rgb{0.485f, 0.456f, 0.406f};
   std::array<float, 3> std_rgb{0.229f, 0.224f, 0.225f};
   int batch_min = 1, batch_max = 0;  // batch_max 0: unlimited
+  // Provenance, checked when the artifact is loaded (DESIGN convention 7).
+  std::string artifact;          // file name the manifest describes
+  std::string sha256;            // lower-case hex sha256 of the artifact
+  std::string tensorrt_version;  // versions.tensorrt ("10.7.0.23"; engines are tied to it), "" when absent
+  std::string gpu;               // GPU an engine was built for (CUDA device name), "" when absent
+  std::string opencv_version;    // OpenCV of the exporting Python (versions.opencv / cv2 / opencv-python*), ""
 
   double aspect_ratio() const { return static_cast<double>(input_w) / input_h; }
 };
