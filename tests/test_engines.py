@@ -227,3 +227,320 @@ def test_tensorrt_engine_matches_onnx(artifacts, tmp_path):
     too_many = np.zeros((trt_engine.max_batch + 1, 3, 256, 192), dtype=np.float32)
     with pytest.raises(InputShapeError, match="exceeds the engine's maximum batch"):
         trt_engine(too_many)
+
+
+# --------------------------------------------------------------------------- min_batch, AOTI options
+
+
+def test_onnx_engine_reports_min_batch(artifacts):
+    from tokenpose.engines.base import engine_min_batch, pad_batch
+
+    engine = load_engine(artifacts["onnx"])
+    assert engine.min_batch == 1 and engine_min_batch(engine) == 1
+    assert engine_min_batch(load_engine(artifacts["pth"])) == 1  # no attribute: 1
+    x = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)
+    padded, n = pad_batch(x, 5)
+    assert n == 2 and padded.shape == (5, 3) and (padded[2:] == x[-1]).all() and (padded[:2] == x).all()
+    assert pad_batch(x, 1)[0] is x
+
+
+def _fake_artifact(folder: Path, name: str, fmt: str, precision: str = "fp32", **fields) -> Path:
+    from tokenpose.export.manifest import BatchRange, Manifest, write_manifest
+
+    art = folder / name
+    art.write_bytes(b"not a real " + fmt.encode())
+    m = Manifest.for_config("t", artifact="", format=fmt, precision=precision,
+                            batch=BatchRange(2, 4, 8).as_dict(), **fields)
+    write_manifest(m, art)
+    return art
+
+
+def test_aoti_engine_rejects_options_it_cannot_honour(tmp_path):
+    pt2 = _fake_artifact(tmp_path, "m.pt2", "pt2")
+    with pytest.raises(TokenPoseError, match="already compiled"):
+        load_engine(pt2, compile=True)
+    with pytest.raises(TokenPoseError, match="fp32 model; its precision cannot be changed to fp16"):
+        load_engine(pt2, precision="fp16")
+    with pytest.raises(TokenPoseError, match="do not apply to the aoti engine"):
+        load_engine(pt2, threads=2)
+    # The options it can honour pass the checks and reach the loader (which rejects the fake bytes).
+    with pytest.raises(TokenPoseError, match="cannot load the AOTInductor package"):
+        load_engine(pt2, precision="fp32", compile=False)
+
+
+# --------------------------------------------------------------------------- GPU name, strict manifests
+
+
+class _FakeProps:
+    name = b"NVIDIA Fake GPU\x00\x00\x00"
+
+
+def _fake_cudart(module_name: str):
+    """A stand-in for cuda-python's runtime module: host memory behind the CUDA runtime calls."""
+    import ctypes
+    import enum
+    import types
+
+    mod = types.ModuleType(module_name)
+
+    class cudaError_t(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorInvalidValue = 1
+
+    class cudaMemcpyKind(enum.IntEnum):
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    mod.cudaError_t, mod.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
+    mod.allocations = {}  # address -> ctypes buffer
+    mod.streams = set()
+    ok = cudaError_t.cudaSuccess
+
+    def cudaMalloc(nbytes):
+        buf = ctypes.create_string_buffer(max(1, nbytes))
+        mod.allocations[ctypes.addressof(buf)] = buf
+        return ok, ctypes.addressof(buf)
+
+    def cudaFree(ptr):
+        mod.allocations.pop(int(ptr))
+        return (ok,)
+
+    def cudaMemcpyAsync(dst, src, nbytes, kind, stream):
+        assert stream in mod.streams
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+        return (ok,)
+
+    def cudaStreamCreate():
+        mod.streams.add(7)
+        return ok, 7
+
+    def cudaStreamDestroy(stream):
+        mod.streams.discard(stream)
+        return (ok,)
+
+    mod.cudaMalloc, mod.cudaFree, mod.cudaMemcpyAsync = cudaMalloc, cudaFree, cudaMemcpyAsync
+    mod.cudaStreamCreate, mod.cudaStreamDestroy = cudaStreamCreate, cudaStreamDestroy
+    mod.cudaStreamSynchronize = lambda stream: (ok,)
+    mod.cudaGetDeviceProperties = lambda device: (ok, _FakeProps()) if device == 0 else (cudaError_t(1), None)
+    return mod
+
+
+def test_cudart_is_imported_from_cuda_bindings_first_then_the_legacy_module(monkeypatch):
+    import sys
+    import types
+
+    from tokenpose.engines import cuda as cuda_helper
+    from tokenpose.export import tensorrt as trt_export
+
+    new, old = _fake_cudart("cuda.bindings.runtime"), _fake_cudart("cuda.cudart")
+    pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    pkg.__path__, bindings.__path__ = [], []
+    bindings.runtime, pkg.bindings, pkg.cudart = new, bindings, old
+    monkeypatch.setitem(sys.modules, "cuda", pkg)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", new)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", old)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_helper.import_cudart() is new
+    # the builder (what a manifest records) and the loader (what it is checked against) agree
+    assert trt_export.gpu_name() == cuda_helper.gpu_name() == "NVIDIA Fake GPU"
+    assert cuda_helper.gpu_name(3) is None
+    # cuda-python 13 has no cuda.cudart; cuda-python < 12.6 has no cuda.bindings
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    del bindings.runtime
+    assert cuda_helper.import_cudart() is old
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    del pkg.cudart
+    assert cuda_helper.import_cudart() is None and cuda_helper.gpu_name() is None
+
+
+def test_engine_manifest_without_gpu_or_unreadable_gpu_is_an_error(tmp_path, monkeypatch):
+    from tokenpose.engines import cuda as cuda_helper
+    from tokenpose.export.manifest import (
+        ManifestError,
+        read_manifest,
+        verify_manifest,
+        write_manifest,
+    )
+
+    no_gpu = _fake_artifact(tmp_path, "a.engine", "tensorrt", gpu=None)
+    m = read_manifest(no_gpu)
+    m.versions["tensorrt"] = "10.3.0"
+    write_manifest(m, no_gpu)
+    with pytest.raises(ManifestError, match="records no GPU name"):
+        verify_manifest(no_gpu, tensorrt_version_now="10.3.0", gpu_now="NVIDIA H100 80GB HBM3")
+
+    engine = _fake_artifact(tmp_path, "b.engine", "tensorrt", gpu="NVIDIA H100 80GB HBM3")
+    m = read_manifest(engine)
+    m.versions["tensorrt"] = "10.3.0"
+    write_manifest(m, engine)
+    monkeypatch.setattr(cuda_helper, "gpu_name", lambda device=0: None)
+    with pytest.raises(ManifestError, match="GPU name cannot be read"):
+        verify_manifest(engine, tensorrt_version_now="10.3.0")
+    monkeypatch.setattr(cuda_helper, "gpu_name", lambda device=0: "NVIDIA H100 80GB HBM3")
+    assert verify_manifest(engine, tensorrt_version_now="10.3.0").gpu == "NVIDIA H100 80GB HBM3"
+    assert verify_manifest(no_gpu, check_runtime=False).gpu is None  # an explicit opt-out only
+    # artifacts without a GPU (pt2) keep working without one
+    assert verify_manifest(_fake_artifact(tmp_path, "c.pt2", "pt2")).format == "pt2"
+
+
+def test_onnx_model_without_metadata_props_is_a_mismatch(artifacts, tmp_path):
+    import onnx
+
+    from tokenpose.export.manifest import (
+        ManifestError,
+        read_manifest,
+        verify_manifest,
+        write_manifest,
+    )
+
+    model = onnx.load(str(artifacts["onnx"]))
+    del model.metadata_props[:]
+    path = tmp_path / artifacts["onnx"].name
+    onnx.save(model, str(path))
+    write_manifest(read_manifest(artifacts["onnx"]), path)  # a correct sha256, but no metadata
+    with pytest.raises(ManifestError, match="no tokenpose.variant in its metadata_props"):
+        verify_manifest(path)
+    with pytest.raises(TokenPoseError, match="metadata_props"):
+        load_engine(path)
+
+
+# --------------------------------------------------------------------------- TensorRT engine buffers (no GPU)
+
+
+class _FakeTrt:
+    """The few TensorRT 10 names TensorRTEngine uses."""
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "in", "out"
+
+    @staticmethod
+    def nptype(dtype):
+        return dtype
+
+
+class _FakeContext:
+    """Records TensorRT calls; 'runs' the network as heatmap[b, j] = mean of input b (+ j)."""
+
+    def __init__(self, cudart, joints=17, hm=(64, 48)) -> None:
+        self.cudart, self.joints, self.hm = cudart, joints, hm
+        self.shape = None
+        self.addresses: dict[str, int] = {}
+        self.address_calls = 0
+        self.fail = False
+
+    def set_input_shape(self, name, shape):
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], self.joints, *self.hm) if name == "heatmaps" else self.shape
+
+    def set_tensor_address(self, name, ptr):
+        self.address_calls += 1
+        self.addresses[name] = int(ptr)
+        return True
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        if self.fail:
+            return False
+        n = int(np.prod(self.shape))
+        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses["images"])).reshape(self.shape)
+        out_shape = self.get_tensor_shape("heatmaps")
+        m = int(np.prod(out_shape))
+        y = np.ctypeslib.as_array((ctypes.c_float * m).from_address(self.addresses["heatmaps"])).reshape(out_shape)
+        y[:] = x.mean(axis=(1, 2, 3))[:, None, None, None] + np.arange(self.joints)[None, :, None, None]
+        return True
+
+
+class _FakeCudaEngine:
+    num_io_tensors = 2
+
+    def __init__(self, context, lo=1, hi=4) -> None:
+        self.context, self.lo, self.hi = context, lo, hi
+
+    def create_execution_context(self):
+        return self.context
+
+    def get_tensor_name(self, i):
+        return ("images", "heatmaps")[i]
+
+    def get_tensor_mode(self, name):
+        return _FakeTrt.TensorIOMode.INPUT if name == "images" else _FakeTrt.TensorIOMode.OUTPUT
+
+    def get_tensor_shape(self, name):
+        return (-1, 3, 256, 192) if name == "images" else (-1, 17, 64, 48)
+
+    def get_tensor_profile_shape(self, name, profile):
+        return (self.lo, 3, 256, 192), (2, 3, 256, 192), (self.hi, 3, 256, 192)
+
+    def get_tensor_dtype(self, name):
+        return np.float32
+
+
+def test_tensorrt_engine_allocates_once_and_frees_on_close(tmp_path, monkeypatch):
+    from tokenpose.engines import cuda as cuda_helper
+    from tokenpose.engines.tensorrt_engine import TensorRTEngine
+    from tokenpose.export.manifest import read_manifest
+    from tokenpose.models.config import get_config
+
+    cudart = _fake_cudart("cuda.bindings.runtime")
+    monkeypatch.setattr(cuda_helper, "import_cudart", lambda: cudart)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the cuda-python buffers
+    manifest = read_manifest(_fake_artifact(tmp_path, "m.engine", "tensorrt", gpu="g"))
+    context = _FakeContext(cudart)
+    engine = TensorRTEngine(tmp_path / "m.engine", manifest, get_config("t"), _FakeCudaEngine(context, 2, 4), _FakeTrt)
+    assert (engine.min_batch, engine.max_batch) == (2, 4)
+    assert len(cudart.allocations) == 2 and context.address_calls == 2  # max-batch buffers, addresses once
+    sizes = sorted(len(b) for b in cudart.allocations.values())
+    assert sizes == sorted([4 * 3 * 256 * 192 * 4, 4 * 17 * 64 * 48 * 4])
+    rng = np.random.default_rng(0)
+    for b in (2, 4, 3):
+        x = rng.standard_normal((b, 3, 256, 192)).astype(np.float32)
+        out = engine(x)
+        assert out.shape == (b, 17, 64, 48) and out.dtype == np.float32
+        np.testing.assert_allclose(out[:, 5, 0, 0], x.mean(axis=(1, 2, 3)) + 5, rtol=1e-5, atol=1e-5)
+    assert len(cudart.allocations) == 2 and context.address_calls == 2  # nothing per call
+    with pytest.raises(TokenPoseError, match="below the engine profile's minimum 2"):
+        engine(np.zeros((1, 3, 256, 192), dtype=np.float32))
+    context.fail = True
+    with pytest.raises(TokenPoseError, match="execution failed"):
+        engine(np.zeros((2, 3, 256, 192), dtype=np.float32))
+    assert len(cudart.allocations) == 2  # a failed call leaks nothing
+    engine.close()
+    assert cudart.allocations == {} and cudart.streams == set()
+    engine.close()  # idempotent
+    with pytest.raises(TokenPoseError, match="closed"):
+        engine(np.zeros((2, 3, 256, 192), dtype=np.float32))
+
+
+def test_mismatched_timing_cache_starts_a_fresh_one():
+    from tokenpose.export.tensorrt import use_timing_cache
+
+    class Config:
+        """The two IBuilderConfig calls: a cache from another TensorRT/GPU is refused."""
+
+        def __init__(self) -> None:
+            self.cache = None
+
+        def create_timing_cache(self, data: bytes):
+            if data == b"garbage":
+                raise RuntimeError("invalid timing cache")
+            return {"data": data}
+
+        def set_timing_cache(self, cache, ignore_mismatch: bool):
+            assert ignore_mismatch is False
+            if cache["data"] == b"other gpu":
+                return False
+            self.cache = cache
+            return True
+
+    for stale in (b"other gpu", b"garbage"):
+        config, log = Config(), []
+        with pytest.warns(UserWarning, match="starting a fresh cache"):
+            cache = use_timing_cache(config, stale, "t.cache", log)
+        assert cache == {"data": b""} and config.cache is cache and "does not fit" in log[0]
+    config = Config()
+    assert use_timing_cache(config, b"good", "t.cache") == {"data": b"good"} == config.cache

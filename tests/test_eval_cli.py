@@ -96,7 +96,8 @@ def test_eval_mpii_needs_head_boxes(tmp_path):
     boxes = np.tile(np.array([[[0.0, 0.0], [60.0, 80.0]]]), (n, 1, 1))
     np.save(tmp_path / "heads.npy", boxes)
     res = run("eval", "-e", tmp_path / "mpii.pth", "-d", MPII_MINI, "--head-boxes", tmp_path / "heads.npy", "--json")
-    assert res.exit_code == 0, res.output and json.loads(res.output)["notes"] == []
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["notes"] == []
 
 
 def test_predict_image_with_boxes(artifacts, tmp_path):
@@ -158,3 +159,81 @@ def test_predict_errors_are_one_line(artifacts, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     image = COCO_MINI / "images" / "000000000785.jpg"
     one_line_error(run("predict", image, "-e", artifacts["pth"], "--boxes", tmp_path / "bad.json"), "not valid JSON")
+
+
+def test_predict_refuses_to_write_into_the_input_folder(artifacts, tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    shutil.copy(COCO_MINI / "images" / "000000000785.jpg", folder / "000000000785.jpg")
+    before = (folder / "000000000785.jpg").read_bytes()
+    one_line_error(run("predict", folder, "-e", artifacts["pth"], "--boxes", DETS, "-o", folder), "is the input folder")
+    one_line_error(run("predict", folder / "000000000785.jpg", "-e", artifacts["pth"], "--boxes", DETS, "-o", folder),
+                   "would overwrite the input")
+    assert (folder / "000000000785.jpg").read_bytes() == before and not (folder / "results.json").exists()
+
+
+def test_predict_matches_detections_by_file_name_or_numeric_name(artifacts, tmp_path):
+    from tokenpose.cli.predict import BoxSource
+    from tokenpose.errors import TokenPoseError
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in ("000000000785.jpg", "000000000790.jpg"):
+        shutil.copy(COCO_MINI / "images" / name, folder / name)
+    shutil.copy(COCO_MINI / "images" / "000000000790.jpg", folder / "aaa_holiday.jpg")  # sorts first: index 0
+    by_id = tmp_path / "by_id.json"
+    by_id.write_text(json.dumps([{"image_id": 0, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.9},
+                                 {"image_id": 785, "category_id": 1, "bbox": [277, 45, 225, 333], "score": 0.8}]))
+    source = BoxSource(by_id)
+    boxes, scores = source.boxes("000000000785.jpg", 785)
+    assert boxes.tolist() == [[277, 45, 225, 333]] and scores.tolist() == [0.8]
+    with pytest.raises(TokenPoseError, match="'aaa_holiday.jpg' has no numeric file name"):
+        source.boxes("aaa_holiday.jpg", None)  # never image 0's boxes through its folder index
+    one_line_error(run("predict", folder, "-e", artifacts["pth"], "--boxes", by_id, "-o", tmp_path / "o1", "--no-draw"),
+                   "has no numeric file name")
+
+    by_name = tmp_path / "by_name.json"
+    by_name.write_text(json.dumps([{"image_id": 0, "file_name": "aaa_holiday.jpg", "category_id": 1,
+                                    "bbox": [50, 50, 200, 300], "score": 0.7},
+                                   {"image_id": 785, "file_name": "000000000785.jpg", "category_id": 1,
+                                    "bbox": [277, 45, 225, 333], "score": 0.8}]))
+    res = run("predict", folder, "-e", artifacts["pth"], "--boxes", by_name, "-o", tmp_path / "o2", "--no-draw")
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "o2" / "results.json").read_text())
+    assert sorted((r["file_name"], r["bbox"]) for r in results) == [
+        ("000000000785.jpg", [277, 45, 225, 333]), ("aaa_holiday.jpg", [50, 50, 200, 300])]
+
+
+def test_predict_queue_is_bounded_by_images_too(artifacts, tmp_path):
+    from tokenpose.cli.predict import BoxSource, Run
+    from tokenpose.engines import PosePredictor, load_engine
+
+    image = cv2.imread(str(COCO_MINI / "images" / "000000000785.jpg"))
+    names = [f"{i:012d}.jpg" for i in range(1, 8)]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({names[0]: [[277, 45, 225, 333, 0.9]], names[4]: [[100, 50, 80, 160]]}))
+    predictor = PosePredictor(load_engine(artifacts["pth"]), batch_size=3)
+    run_ = Run(predictor, BoxSource(boxes), tmp_path, 0.3, 0.0, draw=True)
+    drawn, most = [], 0
+    for i, name in enumerate(names):
+        run_.add(name, i + 1, image, lambda n, _img: drawn.append(n), box_id=i + 1)
+        most = max(most, len(run_.pending))
+    run_.flush(lambda n, _img: drawn.append(n))
+    assert most <= 3  # 1 box in 7 images never fills a batch of boxes: the image count flushes
+    assert drawn == names  # in order, boxless images included
+    assert [r["file_name"] for r in run_.results] == [names[0], names[4]]
+
+
+def test_predict_video_is_renamed_into_place(artifacts, tmp_path):
+    frame = cv2.resize(cv2.imread(str(COCO_MINI / "images" / "000000000785.jpg")), (320, 212))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 212))
+    for _ in range(2):
+        writer.write(frame)
+    writer.release()
+    res = run("predict", video, "-e", artifacts["pth"], "-o", tmp_path / "out", "--batch-size", 1)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4", "results.json"]
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    cap.release()

@@ -441,28 +441,82 @@ def test_profile_shapes_from_batch_range():
         "min": (1, 3, 256, 192), "opt": (8, 3, 256, 192), "max": (32, 3, 256, 192)}
 
 
-def test_layer_precision_summary_flags_silent_fp32_fallback():
-    def layer(name, kind, fmt):
-        return {"Name": name, "LayerType": kind, "Inputs": [{"Name": "x", "Format/Datatype": fmt}],
-                "Outputs": [{"Name": "y", "Format/Datatype": fmt}]}
+def _trt_tensor(name, fmt, dims=(-1, 192, 32)):
+    """One tensor entry as TensorRT 10's inspector writes it (LayerInformationFormat.JSON, DETAILED)."""
+    return {"Name": name, "Location": "Device", "Dimensions": list(dims), "Format/Datatype": fmt}
 
-    fp32 = "Row major linear FP32"
-    half = "Channel major FP16 format where channel % 8 == 0"
-    fell_back = {"Layers": [layer("conv1", "CaskConvolution", fp32), layer("mm", "MatrixMultiply", fp32),
-                            layer("ln", "Normalization", fp32)]}
+
+def _trt_layer(name, kind, inputs, outputs, **extra):
+    return {"Name": name, "LayerType": kind, "Inputs": inputs, "Outputs": outputs, "TacticName": "", "StreamId": 0,
+            "Metadata": "", **extra}
+
+
+def test_layer_precision_summary_flags_silent_fp32_fallback():
+    fp32, half, int8 = "Row major linear FP32", "Channel major FP16 format where channel % 8 == 0", "Row major linear Int8"
+    t = _trt_tensor
+
+    def engine(*layers):
+        return {"Layers": list(layers), "Bindings": ["images", "heatmaps"]}
+
+    # A TensorRT 10 FP16 engine of TokenPose: the patch convolution after a Cast of the FP32 network
+    # input, then one Myelin region (the transformer) whose boundary tensors are the FP32 input of a
+    # cast and an FP16 output, then the head matmul in FP16 and a cast back to the FP32 output.
+    good = engine(
+        _trt_layer("/Cast", "Cast", [t("images", fp32, (-1, 3, 256, 192))], [t("/Cast_output_0", "Half")]),
+        _trt_layer("Reformatting CopyNode for Input Tensor 0 to /patch/Conv", "Reformat",
+                   [t("/Cast_output_0", "Row major linear FP16 format")], [t("/Cast_output_0 copy", half)],
+                   ParameterType="Reformat", Origin="REFORMAT"),
+        _trt_layer("/patch/Conv", "CaskConvolution", [t("/Cast_output_0 copy", half)], [t("/patch/Conv_out", half)],
+                   ParameterType="Convolution", Kernel=[16, 12]),
+        _trt_layer("{ForeignNode[/blocks.0/norm1/LayerNormalization.../blocks.11/Add_1]}", "Myelin",
+                   [t("/patch/Conv_out", fp32), t("keypoint_tokens", fp32)], [t("/blocks.11/Add_1_output_0", "Half")]),
+        _trt_layer("/head/MatMul", "MatrixMultiply", [t("/blocks.11/Add_1_output_0", "Half")], [t("/head/out", "Half")]),
+        _trt_layer("/Cast_1", "Cast", [t("/head/out", "Half")], [t("heatmaps", fp32, (-1, 17, 64, 48))]),
+    )
+    s = summarize_layer_precisions(json.dumps(good), "fp16")
+    assert not s["fallback"], s["message"]
+    assert s["compute_layers"] == 2 and s["compute_layers_fp32"] == []
+    assert s["fused_layers"] == 1 and s["reformat_layers"] == 3 and s["by_precision"]["fused"] == 1
+    assert "fused" in s["message"]
+    # The fused region alone (its first input is the FP32 network input): reported, never a fallback.
+    only_fused = engine(_trt_layer("{ForeignNode[/patch/Conv.../head/MatMul]}", "Myelin",
+                                   [t("images", fp32)], [t("heatmaps", fp32)]))
+    s = summarize_layer_precisions(only_fused, "fp16")
+    assert not s["fallback"] and s["fused_layers"] == 1 and s["compute_layers"] == 0
+    # A layer is classified by all its tensors: FP32 in, Half out is an FP16 layer (a fused cast).
+    mixed = engine(_trt_layer("/patch/Conv", "CaskConvolution", [t("images", fp32)], [t("x", "Half")]))
+    assert summarize_layer_precisions(mixed, "fp16")["compute_layers_fp32"] == []
+
+    # The real fallback: every unfused compute layer reads and writes FP32 in an FP16 engine.
+    fell_back = engine(
+        _trt_layer("/patch/Conv", "CaskConvolution", [t("images", fp32)], [t("c", fp32)]),
+        _trt_layer("/head/MatMul", "MatrixMultiply", [t("c", "Float")], [t("m", "Float")]),
+        _trt_layer("/norm/LayerNormalization", "Normalization", [t("m", fp32)], [t("heatmaps", fp32)]),
+    )
     s = summarize_layer_precisions(json.dumps(fell_back), "fp16")
     assert s["fallback"] and "fell back" in s["message"] and s["by_precision"] == {"fp32": 3}
-    good = {"Layers": [layer("conv1", "CaskConvolution", half), layer("mm", "MatrixMultiply", half),
-                       layer("ln", "Normalization", fp32)]}
-    s = summarize_layer_precisions(good, "fp16")
-    assert not s["fallback"] and s["compute_layers"] == 2 and s["compute_layers_fp32"] == []
-    int8 = {"Layers": [layer("q", "CaskConvolution", "Row major linear Int8"), layer("m", "Myelin", fp32),
-                       layer("n", "MatrixMultiply", fp32)]}
-    assert summarize_layer_precisions(int8, "int8")["fallback"]  # 2 of 3 compute layers in fp32
+    assert s["compute_layers_fp32"] == ["/patch/Conv", "/head/MatMul"]
     assert not summarize_layer_precisions(fell_back, "fp32")["fallback"]
-    names_only = summarize_layer_precisions({"Layers": ["a", "b"]}, "fp16")
+
+    # INT8 (Q/DQ): an Int8 convolution with an FP32 output is an INT8 layer; 2 of 3 compute layers in FP32 is not.
+    int8_engine = engine(
+        _trt_layer("/patch/Conv", "CaskConvolution", [t("q", int8)], [t("c", fp32)]),
+        _trt_layer("{ForeignNode[/blocks.0...]}", "Myelin", [t("c", fp32)], [t("b", fp32)]),
+        _trt_layer("/head/MatMul", "MatrixMultiply", [t("b", fp32)], [t("m", fp32)]),
+        _trt_layer("/head/MatMul_1", "MatrixMultiply", [t("m", "Float")], [t("heatmaps", "Float")]),
+    )
+    s = summarize_layer_precisions(int8_engine, "int8")
+    assert s["fallback"] and s["fused_layers"] == 1 and s["compute_layers"] == 3
+    int8_engine["Layers"][2] = _trt_layer("/head/MatMul", "MatrixMultiply", [t("b", "Int8")], [t("m", "Half")])
+    assert not summarize_layer_precisions(int8_engine, "int8")["fallback"]
+
+    names_only = summarize_layer_precisions({"Layers": ["a", "b"], "Bindings": ["images", "heatmaps"]}, "fp16")
     assert not names_only["fallback"] and "no per-layer precision" in names_only["message"]
+    # Both spellings of "Format/Datatype": DETAILED layouts and bare datatypes.
     assert layer_datatype("Half") == "fp16" and layer_datatype({"Format/Datatype": "Float"}) == "fp32"
+    assert layer_datatype(fp32) == "fp32" and layer_datatype(half) == "fp16" and layer_datatype(int8) == "int8"
+    assert layer_datatype("Int8") == "int8" and layer_datatype("BFloat16") == "bf16" and layer_datatype("Int32") == "int32"
+    assert layer_datatype("Broadcast") == "unknown"
 
 
 def test_timing_cache_round_trip(tmp_path):

@@ -83,6 +83,28 @@ def test_timing_cache_is_reused(engines, tmp_path):
     assert result.engine and cache.stat().st_size >= len(before)
 
 
+def test_mismatched_timing_cache_starts_fresh_with_a_warning(engines, tmp_path):
+    out, _, _ = engines
+    cache = tmp_path / "stale.timing.cache"
+    cache.write_bytes(b"a timing cache from another TensorRT version or GPU")
+    with pytest.warns(UserWarning, match="starting a fresh cache"):
+        result = build_engine(out / "tokenpose_t_fp32.onnx", precision="fp32", batch=BatchRange(1, 2, 4),
+                              input_hw=(256, 192), timing_cache=cache, workspace_bytes=1 << 30)
+    assert result.engine and cache.read_bytes() != b"a timing cache from another TensorRT version or GPU"
+
+
+def test_tensorrt_engine_runs_uneven_chunks_and_closes(engines):
+    from tokenpose.engines import PosePredictor, load_engine
+
+    out, _, _ = engines
+    engine = load_engine(out / "tokenpose_t_fp32.engine")
+    assert (engine.min_batch, engine.max_batch) == (1, 4)
+    pred = PosePredictor(engine).predict(np.zeros((480, 640, 3), np.uint8), [[10, 10, 200, 300]] * 5)
+    assert len(pred) == 5
+    engine.close()
+    engine.close()
+
+
 def test_fp32_engine_matches_onnxruntime(engines):
     out, _, _ = engines
     logger = trt.Logger(trt.Logger.WARNING)

@@ -169,6 +169,44 @@ def test_flip_test_is_the_official_average(artifacts):
     np.testing.assert_allclose(flipped.scores, want_mv[..., 0], atol=1e-7)
 
 
+class MinBatchEngine:
+    """A real torch engine behind the batch limits of a TensorRT profile / AOTInductor package:
+    it rejects batches below min_batch, as AotiEngine and TensorRTEngine do."""
+
+    def __init__(self, engine, min_batch: int, max_batch: int) -> None:
+        self.inner = engine
+        self.name, self.precision, self.config, self.manifest = engine.name, engine.precision, engine.config, engine.manifest
+        self.min_batch, self.max_batch = min_batch, max_batch
+        self.batches: list[int] = []
+
+    def __call__(self, images):
+        if not self.min_batch <= len(images) <= self.max_batch:
+            raise TokenPoseError(f"batch {len(images)} outside the profile {self.min_batch}-{self.max_batch}")
+        self.batches.append(len(images))
+        return self.inner(images)
+
+
+@pytest.mark.parametrize("n_boxes", [1, 2, 4])
+@pytest.mark.parametrize("flip", [False, True])
+def test_short_chunks_are_padded_to_the_engines_min_batch(artifacts, n_boxes, flip):
+    engine = MinBatchEngine(load_engine(artifacts["pth"]), min_batch=3, max_batch=4)
+    boxes = np.array([[277, 45, 225, 333], [100, 50, 80, 160], [300, 100, 100, 200], [20, 30, 150, 250]])[:n_boxes]
+    pred = PosePredictor(engine, flip_test=flip, batch_size=1).predict(str(IMAGE), boxes)
+    assert engine.batches and all(3 <= b <= 4 for b in engine.batches)
+    assert PosePredictor(engine, batch_size=1).batch_size == 3  # raised to the minimum
+    want = PosePredictor(load_engine(artifacts["pth"]), flip_test=flip).predict(str(IMAGE), boxes)
+    assert len(pred) == n_boxes
+    np.testing.assert_allclose(pred.keypoints, want.keypoints, atol=1e-4)
+    np.testing.assert_allclose(pred.scores, want.scores, atol=1e-5)
+    if not flip:
+        assert engine.batches == {1: [3], 2: [3], 4: [3, 3]}[n_boxes]  # 4 = 3 + (1 padded to 3)
+
+
+def test_min_batch_above_max_batch_is_an_error(artifacts):
+    with pytest.raises(TokenPoseError, match="min_batch 5 exceeds its max_batch 4"):
+        PosePredictor(MinBatchEngine(load_engine(artifacts["pth"]), min_batch=5, max_batch=4))
+
+
 def test_predict_without_boxes_returns_empty_without_calling_the_engine(artifacts):
     engine = CountingEngine(load_engine(artifacts["pth"]))
     pred = PosePredictor(engine).predict(str(IMAGE), np.zeros((0, 4)))

@@ -47,9 +47,10 @@ def main() -> None:
             table.add_row(row["engine"], row["precision"], str(row["batch"]), "failed", row["reason"] or "", "", "")
             continue
         lat = row["latency_ms"]
+        speedup = row.get("speedup_vs_torch")  # None when the torch row of that batch failed
         table.add_row(
             row["engine"], row["precision"], str(row["batch"]), f"{lat['p50']:.1f}", f"{lat['p99']:.1f}",
-            f"{row['throughput_ips']:.2f}", f"{row['speedup_vs_torch']:.2f}x",
+            f"{row['throughput_ips']:.2f}", f"{speedup:.2f}x" if speedup is not None else "-",
         )
     console.print(table)
     console.print(

@@ -46,9 +46,22 @@ def image_id_for(name: str, index: int) -> int:
     return int(stem) if stem.isdigit() else index
 
 
+def numeric_id(name: str) -> int | None:
+    """The number a COCO-style file name carries (`000000000785.jpg` -> 785), else None."""
+    stem = Path(name).stem
+    return int(stem) if stem.isdigit() else None
+
+
 class BoxSource:
-    """Person boxes per image from a json file: COCO detection results (matched by image_id, the
-    number in the file name, or a `file_name` field) or a {file name: [[x, y, w, h, score?]]} dict."""
+    """Person boxes per image from a json file: COCO detection results or a {file name: [[x, y, w,
+    h, score?]]} dict.
+
+    A detection with a `file_name` is matched by file name; one without is matched by its
+    `image_id` against the number in the image's file name (`000000000785.jpg` is image 785, a
+    video frame is its index). An image whose name carries no number cannot be matched to
+    image_id-only detections: that is an error, not a guess (a folder index would attach the
+    detections of another image).
+    """
 
     def __init__(self, path: Path, score_threshold: float = 0.0) -> None:
         if not path.is_file():
@@ -58,7 +71,10 @@ class BoxSource:
                 data = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TokenPoseError(f"boxes file {path} is not valid JSON: {exc}") from None
-        self.by_key: dict[object, list[tuple[list[float], float]]] = defaultdict(list)
+        self.path = path
+        self.by_name: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+        self.by_id: dict[int, list[tuple[list[float], float]]] = defaultdict(list)
+        self.id_only = False  # some detections carry only an image_id
         if isinstance(data, dict):
             for name, rows in data.items():
                 for row in rows:
@@ -66,20 +82,40 @@ class BoxSource:
                         raise TokenPoseError(f"{path}: box {row} of {name!r} must be [x, y, w, h] or [x, y, w, h, score]")
                     score = float(row[4]) if len(row) == 5 else 1.0
                     if score >= score_threshold:
-                        self.by_key[Path(name).name].append((list(map(float, row[:4])), score))
+                        self.by_name[Path(name).name].append((list(map(float, row[:4])), score))
         elif isinstance(data, list):
             for i, det in enumerate(data):
                 if not isinstance(det, dict) or "bbox" not in det or len(det["bbox"]) != 4:
                     raise TokenPoseError(f"{path}: detection #{i} needs a 4-number 'bbox' (COCO detection results)")
+                if "file_name" not in det and "image_id" not in det:
+                    raise TokenPoseError(f"{path}: detection #{i} has neither a 'file_name' nor an 'image_id'")
+                if "file_name" not in det:
+                    self.id_only = True
                 if det.get("category_id", 1) != 1 or float(det.get("score", 1.0)) < score_threshold:
                     continue
-                key = Path(det["file_name"]).name if "file_name" in det else int(det["image_id"])
-                self.by_key[key].append((list(map(float, det["bbox"])), float(det.get("score", 1.0))))
+                row = (list(map(float, det["bbox"])), float(det.get("score", 1.0)))
+                if "file_name" in det:
+                    self.by_name[Path(det["file_name"]).name].append(row)
+                else:
+                    try:
+                        self.by_id[int(det["image_id"])].append(row)
+                    except (TypeError, ValueError):
+                        raise TokenPoseError(f"{path}: detection #{i} has a non-integer image_id {det['image_id']!r}") from None
         else:
             raise TokenPoseError(f"{path}: expected a list of COCO detections or a {{file name: boxes}} object")
 
-    def boxes(self, name: str, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.by_key.get(Path(name).name) or self.by_key.get(image_id) or []
+    def boxes(self, name: str, image_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) boxes and (N,) scores of image `name`. image_id: the image's COCO id when it has
+        one (the number in its file name, a video frame's index), else None."""
+        rows = list(self.by_name.get(Path(name).name, []))
+        if self.id_only:
+            if image_id is None:
+                raise TokenPoseError(
+                    f"{self.path}: its detections are matched by image_id, but {name!r} has no numeric file name "
+                    "(like 000000000785.jpg) to take an image id from; add a 'file_name' to each detection, "
+                    "or use a {file name: [[x, y, w, h, score]]} json"
+                )
+            rows += self.by_id.get(int(image_id), [])
         return (np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, 4),
                 np.array([r[1] for r in rows], dtype=np.float64))
 
@@ -112,8 +148,12 @@ def _frames(path: Path) -> tuple[Iterator[np.ndarray], int, float, tuple[int, in
     return gen(), total, fps, size
 
 
+_SAME_ID = object()  # Run.add: match image_id-keyed detections with the image's own image_id
+
+
 class Run:
-    """One predict run: gathers images until a batch of boxes is full, predicts, draws, records."""
+    """One predict run: gathers images until a batch of boxes (or of images) is full, predicts,
+    draws, records."""
 
     def __init__(self, predictor, boxes: BoxSource | None, out: Path, keypoint_threshold: float,
                  person_threshold: float, draw: bool) -> None:
@@ -132,14 +172,20 @@ class Run:
         self.draw = draw
         self.results: list[dict] = []
         self.pending: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending_boxes = 0
         self.people = 0
         self.no_boxes = 0
 
-    def add(self, name: str, image_id: int, image: np.ndarray, sink) -> None:
+    def add(self, name: str, image_id: int, image: np.ndarray, sink, box_id: object = _SAME_ID) -> None:
+        """Queue one image; predict when the queue holds batch_size boxes or batch_size images.
+
+        box_id: the id that image_id-keyed detections are matched with (None: the image has none;
+        default: image_id). An image without boxes and nothing queued before it is handled at once.
+        """
         from tokenpose.engines.detector import detect_people
 
         if self.box_source is not None:
-            boxes, scores = self.box_source.boxes(name, image_id)
+            boxes, scores = self.box_source.boxes(name, image_id if box_id is _SAME_ID else box_id)
             if len(boxes) == 0:
                 self.no_boxes += 1
         else:
@@ -147,7 +193,11 @@ class Run:
                 warnings.simplefilter("ignore")  # the missing-HOG warning is printed once above
                 boxes, scores = detect_people(image, self.detector)
         self.pending.append((name, image_id, image, boxes, scores))
-        if sum(len(p[3]) for p in self.pending) >= self.predictor.batch_size:
+        self.pending_boxes += len(boxes)
+        # Bounded memory: the queue holds at most batch_size boxes and batch_size images (an image
+        # without boxes still waits its turn, so that drawn frames keep their order).
+        limit = self.predictor.batch_size
+        if self.pending_boxes >= limit or len(self.pending) >= limit or (len(boxes) == 0 and len(self.pending) == 1):
             self.flush(sink)
 
     def flush(self, sink) -> None:
@@ -172,6 +222,7 @@ class Run:
                                    keypoint_threshold=self.kpt_thr)
                 sink(name, drawn)
         self.pending.clear()
+        self.pending_boxes = 0
 
     def write_results(self) -> Path:
         path = self.out / "results.json"
@@ -191,6 +242,27 @@ def _image_writer(out: Path):
         with atomic_write(target, "wb") as f:
             f.write(buf.tobytes())
     return sink
+
+
+def _check_out_folder(source: Path, out: Path, draw: bool) -> None:
+    """Refuse an output folder whose writes would replace the inputs."""
+    src = source.resolve()
+    dst = out.resolve()
+    if source.is_dir():
+        if dst == src:
+            raise TokenPoseError(
+                f"--out {out} is the input folder: the drawn images would overwrite the inputs; choose another folder"
+            )
+    elif draw:
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            clash = (dst / f"{source.stem}.mp4") == src
+        else:
+            clash = dst == src.parent and source.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")
+        if clash:
+            raise TokenPoseError(
+                f"--out {out} is the folder of {source.name}: the drawing would overwrite the input; "
+                "choose another folder"
+            )
 
 
 @friendly_errors
@@ -221,6 +293,7 @@ def command(
 
     if not source.exists():
         raise FileNotFoundError(f"input not found: {source}")
+    _check_out_folder(source, out, draw)
     eng = open_engine(engine, variant, device, precision)
     predictor = PosePredictor(eng, flip_test=flip, batch_size=batch_size)
     box_source = BoxSource(boxes, box_threshold) if boxes is not None else None
@@ -231,23 +304,33 @@ def command(
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         frames, total, fps, size = _frames(source)
         target = out / f"{source.stem}.mp4"
+        # Written under a temporary name in the same folder and renamed only when complete, so an
+        # interrupted run never leaves a truncated video under the final name.
+        partial = out / f".{source.stem}.{os.getpid()}.partial.mp4"
         writer = None
         if draw:
-            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+            writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
             if not writer.isOpened():
+                partial.unlink(missing_ok=True)
                 raise TokenPoseError(f"cannot write video {target}")
         sink = (lambda _name, image: writer.write(image)) if writer is not None else (lambda *_: None)
         count = 0
+        done = False
         try:
             with progress_bar(f"predict {source.name}") as update:
                 for index, frame in enumerate(frames):
-                    run.add(f"{source.stem}_{index:06d}", index, frame, sink)
+                    run.add(f"{source.stem}_{index:06d}", index, frame, sink, box_id=index)
                     count = index + 1
                     update(count, max(total, count))
                 run.flush(sink)
+            done = count > 0
         finally:
             if writer is not None:
                 writer.release()
+                if done:
+                    os.replace(partial, target)
+                else:
+                    partial.unlink(missing_ok=True)
         if count == 0:
             raise TokenPoseError(f"video {source} has no readable frames")
         what = f"{count} frames"
@@ -263,7 +346,7 @@ def command(
                         raise TokenPoseError(str(exc)) from None
                     skipped.append(str(exc))
                     continue
-                run.add(path.name, image_id_for(path.name, index), image, sink)
+                run.add(path.name, image_id_for(path.name, index), image, sink, box_id=numeric_id(path.name))
                 update(index + 1, len(files))
             run.flush(sink)
         what = f"{len(files) - len(skipped)} images"

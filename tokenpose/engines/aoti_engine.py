@@ -24,8 +24,9 @@ class AotiEngine:
     """A compiled AOTInductor package behind the Engine protocol.
 
     `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
-    max_batch: the upper bound of the package's dynamic batch dimension (its manifest's batch max);
-    larger batches are rejected before they reach the compiled code.
+    max_batch / min_batch: the bounds of the package's dynamic batch dimension (its manifest's batch
+    range); other batches are rejected before they reach the compiled code (`PosePredictor` pads
+    a short chunk up to min_batch).
     """
 
     name = "aoti"
@@ -39,7 +40,7 @@ class AotiEngine:
         self.manifest: dict[str, Any] = manifest.to_dict()
         self.precision = manifest.precision
         self.max_batch: int | None = int(manifest.batch.get("max") or 0) or None
-        self.min_batch = int(manifest.batch.get("min") or 1)
+        self.min_batch: int = max(1, int(manifest.batch.get("min") or 1))  # the package rejects smaller batches
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, verify: bool = True, device: str | None = None,
@@ -48,20 +49,31 @@ class AotiEngine:
 
         verify: check the manifest's sha256 against the file. device: "cpu" / "cuda" / None; the
         package runs only on the device it was compiled for, so this is a check, not a choice.
+        precision: None or the package's own precision (it is fixed at export; another one is an
+        error, as for ONNX models). compile: None/False only (the package is already compiled).
+        Any other option is an error, never silently ignored.
         """
         from torch._inductor import aoti_load_package
 
-        from tokenpose.engines.onnx_engine import config_from_manifest
+        from tokenpose.engines.onnx_engine import check_precision, config_from_manifest
         from tokenpose.engines.torch_engine import _reject_options
         from tokenpose.export.manifest import read_manifest, verify_manifest
 
-        _reject_options({k: v for k, v in unused.items() if k not in ("precision", "compile")}, "aoti")
+        precision = unused.pop("precision", None)
+        compile_ = unused.pop("compile", None)
+        _reject_options(unused, "aoti")
+        if compile_:  # False / None: nothing asked
+            raise TokenPoseError(
+                f"{path}: an AOTInductor package is already compiled ahead of time; compile=True does not apply "
+                "(load the .pth checkpoint to use torch.compile)"
+            )
         path = Path(path)
         manifest = verify_manifest(path) if verify else read_manifest(path)
         if manifest.format != "pt2":
             raise TokenPoseError(
                 f"{path}: its manifest describes a {manifest.format!r} artifact, not an AOTInductor package"
             )
+        check_precision(path, manifest, precision)
         config = config_from_manifest(manifest, path)
         try:
             runner = aoti_load_package(str(path))

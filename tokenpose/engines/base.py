@@ -29,6 +29,10 @@ class Engine(Protocol):
     config: ModelConfig  # the variant (input/heatmap sizes, joints, flip pairs)
     manifest: dict[str, Any]  # the manifest the artifact was built with
     max_batch: int | None  # largest batch one call accepts (None: unlimited)
+    # Optional (not part of the runtime protocol check): the smallest batch one call accepts,
+    # default 1. TensorRT engines (profile minimum), AOTInductor packages (manifest batch min) and
+    # static-batch ONNX models (the fixed batch) set it; read it with `engine_min_batch(engine)`.
+    # min_batch: int
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
@@ -59,6 +63,25 @@ def load_engine(path: str | os.PathLike, **options: Any) -> Engine:
     for part in factory.split("."):
         obj = getattr(obj, part)
     return obj(path, **options)
+
+
+def engine_min_batch(engine: Any) -> int:
+    """The smallest batch `engine` accepts: its optional `min_batch` attribute, else 1."""
+    value = getattr(engine, "min_batch", None)
+    try:
+        return max(1, int(value)) if value is not None else 1
+    except (TypeError, ValueError):
+        raise TokenPoseError(f"{getattr(engine, 'name', 'engine')} engine has an invalid min_batch {value!r}") from None
+
+
+def pad_batch(images: np.ndarray, min_batch: int) -> tuple[np.ndarray, int]:
+    """`images` (B, ...) padded to at least `min_batch` rows by repeating its last row; returns
+    (the batch to run, B): keep the first B rows of the result."""
+    n = images.shape[0]
+    if n >= min_batch or n == 0:
+        return images, n
+    filler = np.repeat(images[-1:], min_batch - n, axis=0)
+    return np.concatenate([images, filler]), n
 
 
 def check_engine_input(images: Any, config: ModelConfig, max_batch: int | None, engine: str) -> np.ndarray:

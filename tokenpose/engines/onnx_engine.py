@@ -78,7 +78,8 @@ class OnnxEngine:
 
     `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
     `max_batch` is the model's fixed batch when its batch axis is static, the manifest's profile
-    maximum under the TensorRT EP, else None (any batch).
+    maximum under the TensorRT EP, else None (any batch); `min_batch` is the fixed batch, the
+    profile minimum under the TensorRT EP, else 1.
     """
 
     name = "onnxruntime"
@@ -101,12 +102,14 @@ class OnnxEngine:
         hm_h, hm_w = config.heatmap_hw
         self._check_dims(inp.shape, (3, h, w), "input")
         self._check_dims(out.shape, (config.num_joints, hm_h, hm_w), "output")
-        static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        static = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
         self.static_batch = static
+        self.min_batch = 1
         if static is not None:
-            self.max_batch = static
+            self.min_batch = self.max_batch = static
         elif "TensorrtExecutionProvider" in self.providers:
             self.max_batch = int(manifest.batch.get("max") or 0) or None
+            self.min_batch = max(1, int(manifest.batch.get("min") or 1))  # the EP's profile minimum
         else:
             self.max_batch = None
         self._binding = session.io_binding() if self.providers[0] != "CPUExecutionProvider" else None
@@ -190,6 +193,8 @@ class OnnxEngine:
         x = check_engine_input(images, self.config, self.max_batch, self.name)
         if self.static_batch is not None and x.shape[0] != self.static_batch:
             raise TokenPoseError(f"{self.path}: the model takes exactly batch {self.static_batch}, got {x.shape[0]}")
+        if x.shape[0] < self.min_batch:
+            raise TokenPoseError(f"{self.path}: batch {x.shape[0]} is below the TensorRT profile's minimum {self.min_batch}")
         if self.input_dtype is not np.float32:
             x = x.astype(self.input_dtype)
         if self._binding is None:

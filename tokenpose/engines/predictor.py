@@ -3,8 +3,9 @@
 For one image or a list of images, every person box is cropped (`preprocess_crops` of the data
 pipeline: box -> center/scale with the x1.25 padding, unbiased affine, ImageNet normalisation),
 the crops of all images go into one batch (split only at the engine's max batch), each chunk is
-one engine call, and the heatmaps are decoded in one vectorised pass (`HeatmapCodec`: argmax +
-DARK, inverse affine back to the image). The optional flip test is the official one: the mirrored
+one engine call (a chunk below the engine's `min_batch` is padded by repeating its last crop, and
+the extra rows are dropped), and the heatmaps are decoded in one vectorised pass (`HeatmapCodec`:
+argmax + DARK, inverse affine back to the image). The optional flip test is the official one: the mirrored
 crops run in the same call and their heatmaps are flipped back and averaged, with no shift.
 
 A box that is not finite, has zero size or lies outside its image is skipped with a warning; its
@@ -22,7 +23,7 @@ import numpy as np
 
 from tokenpose.data.heatmaps import HeatmapCodec
 from tokenpose.data.transforms import box_to_center_scale, flip_back_heatmaps, preprocess_crops, read_image
-from tokenpose.engines.base import Engine
+from tokenpose.engines.base import Engine, engine_min_batch, pad_batch
 from tokenpose.errors import InputShapeError, TokenPoseError
 from tokenpose.evaluation.coco import rescore
 
@@ -110,7 +111,8 @@ class PosePredictor:
 
     engine: the Engine (see `tokenpose.load_engine`); flip_test: the official flip test (two
     passes' worth of crops per call); batch_size: the most crops per engine call (default: the
-    engine's max_batch, else 32). The predictor keeps no state between calls.
+    engine's max_batch, else 32; at least the engine's optional `min_batch`). Chunks smaller than
+    min_batch are padded with copies of their last crop. The predictor keeps no state between calls.
     """
 
     def __init__(self, engine: Engine, *, flip_test: bool = False, batch_size: int | None = None) -> None:
@@ -118,12 +120,17 @@ class PosePredictor:
         self.config = engine.config
         self.flip_test = bool(flip_test)
         limit = engine.max_batch
+        self.min_batch = engine_min_batch(engine)
+        if limit is not None and self.min_batch > limit:
+            raise TokenPoseError(f"{engine.name} engine: min_batch {self.min_batch} exceeds its max_batch {limit}")
         size = batch_size or limit or 32
         if limit is not None:
             size = min(size, limit)
         if size < 1:
             raise TokenPoseError(f"batch size must be >= 1, got {size}")
-        self.batch_size = size
+        # Every call runs at least min_batch rows (short chunks are padded): a smaller batch size
+        # would only add padding, so it is raised to the engine's minimum.
+        self.batch_size = max(size, self.min_batch)
         self.codec = HeatmapCodec.from_config(self.config)
 
     def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
@@ -154,12 +161,17 @@ class PosePredictor:
         return out
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        hm = self.engine(batch)
-        want = (batch.shape[0], self.config.num_joints, *self.config.heatmap_hw)
+        """One engine call. A batch below the engine's min_batch (TensorRT profile / AOTInductor
+        minimum, a static-batch ONNX model's batch) is padded by repeating its last crop; the extra
+        rows are dropped from the result."""
+        padded, n = pad_batch(batch, self.min_batch)
+        hm = self.engine(padded)
+        want = (padded.shape[0], self.config.num_joints, *self.config.heatmap_hw)
         if not isinstance(hm, np.ndarray) or hm.shape != want:
             raise TokenPoseError(
                 f"{self.engine.name} engine returned heatmaps of shape {getattr(hm, 'shape', None)}, expected {want}"
             )
+        hm = hm[:n]
         if not np.isfinite(hm).all():
             raise TokenPoseError(
                 f"{self.engine.name} engine ({self.engine.precision}) returned non-finite heatmaps "

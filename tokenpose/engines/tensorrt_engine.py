@@ -1,14 +1,17 @@
 """TensorRT engine: a serialised TensorRT 10 `.engine` with its manifest.
 
 Uses the TensorRT 10 named-tensor API: `set_input_shape`, `set_tensor_address` and
-`execute_async_v3` on one CUDA stream. Device buffers are torch CUDA tensors when PyTorch has
-CUDA, else allocations through cuda-python (`cuda.bindings.runtime`). The batch of every call is
-checked against the engine's optimisation profile before TensorRT sees it.
+`execute_async_v3` on one CUDA stream. Device buffers for the profile's largest batch are allocated
+once when the engine is opened (torch CUDA tensors when PyTorch has CUDA, else allocations through
+cuda-python, `tokenpose.engines.cuda.import_cudart`) and their addresses set once; a call sets
+only the input shape, copies in, runs and copies out. `close()` (or garbage collection) frees them.
+The batch of every call is checked against the engine's optimisation profile before TensorRT sees it.
 Loading verifies the manifest (sha256, TensorRT version and GPU of the build).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ def _import_tensorrt():
 
 
 class _TorchBuffers:
-    """Device memory and a stream through PyTorch CUDA tensors."""
+    """Device memory and a stream through PyTorch CUDA tensors (freed when the tensors are dropped)."""
 
     def __init__(self) -> None:
         import torch
@@ -50,14 +53,24 @@ class _TorchBuffers:
     def ptr(buf) -> int:
         return int(buf.data_ptr())
 
-    def upload(self, host: np.ndarray):
+    def upload_into(self, buf, host: np.ndarray) -> None:
+        """Copy `host` (C-contiguous, buf's dtype) into the first rows of device buffer `buf`."""
+        src = self.torch.from_numpy(host)
         with self.torch.cuda.stream(self.stream):
-            return self.torch.from_numpy(host).pin_memory().to("cuda", non_blocking=True)
+            buf[: host.shape[0]].copy_(src, non_blocking=False)  # pageable host memory: synchronous copy
 
-    def download(self, buf) -> np.ndarray:
+    def download(self, buf, rows: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The first `rows` rows of `buf` viewed as `shape`, as float32 on the host."""
+        n = int(np.prod(shape))
         with self.torch.cuda.stream(self.stream):
-            out = buf.float().cpu()
+            out = buf.reshape(-1)[:n].reshape(shape).float().cpu()
         return out.numpy()
+
+    def free(self, buf) -> None:
+        pass  # the caller drops its reference; the caching allocator takes the memory back
+
+    def close(self) -> None:
+        pass
 
     @property
     def handle(self) -> int:
@@ -70,29 +83,34 @@ class _TorchBuffers:
 class _CudaPythonBuffers:
     """Device memory and a stream through cuda-python's runtime API (no CUDA PyTorch needed)."""
 
-    def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            try:
-                from cuda import cudart  # cuda-python < 12.6 layout
-            except ImportError:
-                raise TokenPoseError(
-                    "TensorRT engines need device buffers: install cuda-python, or a CUDA build of PyTorch"
-                ) from None
-        self.cudart = cudart
-        self.stream = self._check(cudart.cudaStreamCreate())
-        self._owned: list[int] = []
-
-    def _check(self, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            raise TokenPoseError(f"CUDA runtime error {err}")
-        return rest[0] if len(rest) == 1 else rest
-
     class _Buf:
         def __init__(self, ptr: int, shape, dtype) -> None:
             self.ptr, self.shape, self.dtype = ptr, tuple(shape), np.dtype(dtype)
+            self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __init__(self) -> None:
+        from tokenpose.engines.cuda import import_cudart
+
+        cudart = import_cudart()
+        if cudart is None:
+            raise TokenPoseError(
+                "TensorRT engines need device buffers: install cuda-python>=12.6 (pip install 'tokenpose[gpu]'), "
+                "or a CUDA build of PyTorch"
+            )
+        self.cudart = cudart
+        self._owned: list[int] = []
+        self.stream = None
+        self.stream = self._check(cudart.cudaStreamCreate())
+
+    def _check(self, result):
+        from tokenpose.engines.cuda import cuda_ok
+
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if not cuda_ok(self.cudart, err):
+            raise TokenPoseError(f"CUDA runtime error {err}")
+        if not rest:
+            return None
+        return rest[0] if len(rest) == 1 else rest
 
     def empty(self, shape, dtype):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -104,24 +122,35 @@ class _CudaPythonBuffers:
     def ptr(buf) -> int:
         return buf.ptr
 
-    def upload(self, host: np.ndarray):
-        buf = self.empty(host.shape, host.dtype)
+    def upload_into(self, buf, host: np.ndarray) -> None:
+        if host.nbytes > buf.nbytes:
+            raise TokenPoseError(f"input of {host.nbytes} bytes does not fit the {buf.nbytes}-byte device buffer")
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._check(self.cudart.cudaMemcpyAsync(buf.ptr, host.ctypes.data, host.nbytes, kind, self.stream))
-        self._check(self.cudart.cudaStreamSynchronize(self.stream))  # host array may go away
-        return buf
+        self.synchronize()  # pageable host memory that the caller may free right after
 
-    def download(self, buf) -> np.ndarray:
-        host = np.empty(buf.shape, dtype=buf.dtype)
+    def download(self, buf, rows: int, shape: tuple[int, ...]) -> np.ndarray:
+        host = np.empty(shape, dtype=buf.dtype)
+        if host.nbytes > buf.nbytes:
+            raise TokenPoseError(f"output of {host.nbytes} bytes exceeds the {buf.nbytes}-byte device buffer")
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._check(self.cudart.cudaMemcpyAsync(host.ctypes.data, buf.ptr, host.nbytes, kind, self.stream))
         self.synchronize()
-        return host.astype(np.float32)
+        return host.astype(np.float32, copy=False)
 
     def free(self, buf) -> None:
-        if buf.ptr in self._owned:
+        if buf is not None and buf.ptr in self._owned:
             self._owned.remove(buf.ptr)
             self.cudart.cudaFree(buf.ptr)
+
+    def close(self) -> None:
+        """Free every allocation and the stream (idempotent)."""
+        for ptr in list(self._owned):
+            self.cudart.cudaFree(ptr)
+        self._owned.clear()
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
 
     @property
     def handle(self) -> int:
@@ -181,7 +210,25 @@ class TensorRTEngine:
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
         self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
+        # Device buffers for the profile's largest batch, allocated once: a smaller batch uses their
+        # first rows (TensorRT reads/writes only the shape set per call). The addresses never change.
+        self._buffers = None
+        self._device_in = self._device_out = None
         self._buffers = _buffers()
+        try:
+            if not self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w)):
+                raise TokenPoseError(f"{path}: TensorRT rejected the profile's maximum input shape")
+            max_out = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+            if any(d < 0 for d in max_out):
+                raise TokenPoseError(f"{path}: TensorRT cannot tell the output shape {list(max_out)} at batch {self.max_batch}")
+            self._device_in = self._buffers.empty((self.max_batch, 3, h, w), self.input_dtype)
+            self._device_out = self._buffers.empty(max_out, self.output_dtype)
+            if not (self.context.set_tensor_address(self.input_name, self._buffers.ptr(self._device_in))
+                    and self.context.set_tensor_address(self.output_name, self._buffers.ptr(self._device_out))):
+                raise TokenPoseError(f"{path}: TensorRT rejected the device buffer addresses")
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, verify: bool = True, **unused: Any) -> TensorRTEngine:
@@ -217,22 +264,44 @@ class TensorRTEngine:
         x = check_engine_input(images, self.config, self.max_batch, self.name)
         if x.shape[0] < self.min_batch:
             raise TokenPoseError(f"{self.path}: batch {x.shape[0]} is below the engine profile's minimum {self.min_batch}")
+        if self._buffers is None:
+            raise TokenPoseError(f"{self.path}: the engine was closed")
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
-        if not self.context.set_input_shape(self.input_name, x.shape):
-            raise TokenPoseError(f"{self.path}: TensorRT rejected input shape {x.shape}")
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         buffers = self._buffers
-        device_in = buffers.upload(x)
-        device_out = buffers.empty(out_shape, self.output_dtype)
-        self.context.set_tensor_address(self.input_name, buffers.ptr(device_in))
-        self.context.set_tensor_address(self.output_name, buffers.ptr(device_out))
-        if not self.context.execute_async_v3(buffers.handle):
-            raise TokenPoseError(f"{self.path}: TensorRT execution failed (see the TensorRT log above)")
-        out = buffers.download(device_out)
-        if hasattr(buffers, "free"):
-            buffers.free(device_in)
-            buffers.free(device_out)
-        return out
+        try:
+            if not self.context.set_input_shape(self.input_name, x.shape):
+                raise TokenPoseError(f"{self.path}: TensorRT rejected input shape {x.shape}")
+            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+            buffers.upload_into(self._device_in, x)
+            if not self.context.execute_async_v3(buffers.handle):
+                raise TokenPoseError(f"{self.path}: TensorRT execution failed (see the TensorRT log above)")
+            return buffers.download(self._device_out, x.shape[0], out_shape)
+        finally:
+            # A failed call leaves no work queued on the stream that could touch the buffers later.
+            with contextlib.suppress(Exception):  # keep the original error
+                buffers.synchronize()
+
+    def close(self) -> None:
+        """Free the device buffers, the stream and the execution context (idempotent)."""
+        buffers, self._buffers = getattr(self, "_buffers", None), None
+        if buffers is not None:
+            with contextlib.suppress(Exception):
+                buffers.synchronize()
+            buffers.free(getattr(self, "_device_in", None))
+            buffers.free(getattr(self, "_device_out", None))
+            buffers.close()
+        self._device_in = self._device_out = None
+        self.context = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: modules may already be gone
+            self.close()
+
+    def __enter__(self) -> TensorRTEngine:  # noqa: PYI034 - Python 3.10 has no typing.Self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"TensorRTEngine({self.path.name}, {self.config.name}, {self.precision}, batch {self.min_batch}-{self.max_batch})"

@@ -172,8 +172,10 @@ def library_versions() -> dict[str, str | None]:
     import tokenpose
 
     out: dict[str, str | None] = {"tokenpose": tokenpose.__version__}
+    # opencv: the crop's pixel arithmetic differs between OpenCV 4 and 5; the C++ example reads it.
     for name, dist in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-                       ("onnxslim", "onnxslim"), ("onnxconverter_common", "onnxconverter-common")):
+                       ("onnxslim", "onnxslim"), ("onnxconverter_common", "onnxconverter-common"),
+                       ("opencv", "opencv-python-headless")):
         try:
             out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -250,8 +252,9 @@ def verify_manifest(
     """Check that `artifact` is the file its manifest describes; return the manifest.
 
     Raises ManifestError when the artifact or its manifest is missing, the sha256 differs, an
-    ONNX model's `metadata_props` disagree with the manifest, or (engines, `check_runtime`) the
-    TensorRT version or GPU differs from this machine's. `tensorrt_version_now` / `gpu_now`
+    ONNX model's `metadata_props` lack or disagree with the manifest's variant/precision, or
+    (engines, `check_runtime`) the TensorRT version or GPU differs from this machine's, the
+    manifest records no GPU, or this machine's GPU name cannot be read. `tensorrt_version_now` / `gpu_now`
     override what is detected here (engines pass what their runtime reports).
     """
     artifact = Path(artifact)
@@ -269,10 +272,17 @@ def verify_manifest(
             "(the file was changed or replaced after export)"
         )
     if manifest.format == "onnx":
+        # Every ONNX model tokenpose writes carries its manifest in metadata_props: a model without
+        # them is not the one this manifest was written for (or was re-saved by another tool).
         meta = _onnx_metadata(artifact)
         for key in ("variant", "precision"):
             value = meta.get(METADATA_PREFIX + key)
-            if value is not None and value != getattr(manifest, key):
+            if value is None:
+                raise ManifestError(
+                    f"{artifact}: the model has no {METADATA_PREFIX}{key} in its metadata_props, but its manifest "
+                    f"says {key}={getattr(manifest, key)!r}: mismatched manifest (re-export the model)"
+                )
+            if value != getattr(manifest, key):
                 raise ManifestError(
                     f"{artifact}: metadata_props say {key}={value!r} but the manifest says {getattr(manifest, key)!r}"
                 )
@@ -285,11 +295,22 @@ def verify_manifest(
             raise ManifestError(
                 f"{artifact} was built with TensorRT {built} but this machine has TensorRT {now}: rebuild the engine"
             )
+        # A TensorRT engine runs only on the GPU model it was built for: the check is never skipped.
+        if not manifest.gpu:
+            raise ManifestError(
+                f"{artifact}: its manifest records no GPU name, so it cannot be checked against this machine's "
+                "GPU: rebuild the engine (the build records the GPU through PyTorch CUDA or cuda-python)"
+            )
         if gpu_now is None:
-            from tokenpose.export.tensorrt import gpu_name
+            from tokenpose.engines.cuda import gpu_name
 
             gpu_now = gpu_name()
-        if manifest.gpu and gpu_now and manifest.gpu != gpu_now:
+        if not gpu_now:
+            raise ManifestError(
+                f"{artifact} was built for GPU {manifest.gpu!r}, but this machine's GPU name cannot be read "
+                "(no CUDA device or driver, and neither a CUDA build of PyTorch nor cuda-python>=12.6)"
+            )
+        if manifest.gpu != gpu_now:
             raise ManifestError(
                 f"{artifact} was built for GPU {manifest.gpu!r} but this machine has {gpu_now!r}: rebuild the engine"
             )

@@ -289,6 +289,9 @@ def _build_engine_artifact(onnx_artifact: ExportedArtifact, cfg, batch: BatchRan
         workspace_bytes=int(workspace_gib * (1 << 30)), timing_cache=cache,
     )
     path = onnx_artifact.path.with_suffix(".engine")
+    if not result.gpu:
+        # An engine only runs on the GPU it was built for; without its name no load could check it.
+        raise ExportError(f"built a TensorRT engine but could not read the GPU's name; {path.name} was not written")
     with atomic_write(path, "wb") as f:
         f.write(result.engine)
     lp = result.layer_precisions

@@ -16,9 +16,9 @@ handling) are plain Python and tested on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ __all__ = [
     "profile_shapes",
     "summarize_layer_precisions",
     "tensorrt_unavailable_reason",
+    "use_timing_cache",
 ]
 
 
@@ -61,20 +62,13 @@ def tensorrt_unavailable_reason() -> str | None:
 
 
 def gpu_name(device: int = 0) -> str | None:
-    """Name of CUDA device `device` (torch, else cuda-python), or None without a GPU."""
-    with contextlib.suppress(Exception):  # torch without CUDA, or a driver problem: try cuda-python
-        import torch
+    """Name of CUDA device `device` (torch CUDA, else cuda-python's `cuda.bindings.runtime` /
+    legacy `cuda.cudart`), or None when it cannot be read. One helper for the builder (what an
+    engine's manifest records) and the loader (what it is checked against):
+    `tokenpose.engines.cuda.gpu_name`."""
+    from tokenpose.engines.cuda import gpu_name as _gpu_name
 
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(device)
-    with contextlib.suppress(Exception):  # cuda-python absent or no device
-        from cuda import cudart
-
-        err, props = cudart.cudaGetDeviceProperties(device)
-        if int(err) == 0:
-            name = props.name
-            return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
-    return None
+    return _gpu_name(device)
 
 
 def profile_shapes(batch: BatchRange, input_hw: tuple[int, int], channels: int = 3) -> dict[str, tuple[int, ...]]:
@@ -84,12 +78,23 @@ def profile_shapes(batch: BatchRange, input_hw: tuple[int, int], channels: int =
 
 
 _DATATYPE_WORDS = (  # substring of the inspector's "Format/Datatype" -> precision; first match wins
-    ("fp8", "fp8"), ("int8", "int8"), ("int4", "int4"), ("fp4", "fp4"), ("bf16", "bf16"),
+    # both spellings: DETAILED formats ("Row major linear FP32", "Channel major FP16 format where
+    # channel % 8 == 0", "Row major linear Int8") and bare datatypes ("Float", "Half", "Int8", "BFloat16")
+    ("fp8", "fp8"), ("int8", "int8"), ("int4", "int4"), ("fp4", "fp4"), ("bf16", "bf16"), ("bfloat16", "bf16"),
     ("fp16", "fp16"), ("half", "fp16"), ("fp32", "fp32"), ("float", "fp32"),
-    ("int32", "int32"), ("int64", "int64"), ("bool", "bool"),
+    ("int32", "int32"), ("int64", "int64"), ("uint8", "uint8"), ("bool", "bool"),
 )
+# Float precisions from lowest to highest: a layer computes in the lowest one it touches.
+_FLOAT_RANK = {"int4": 0, "fp4": 0, "fp8": 1, "int8": 1, "fp16": 2, "bf16": 2, "fp32": 3}
 # Layer types whose precision decides speed; a reduced-precision engine should not run them in FP32.
-_COMPUTE_WORDS = ("conv", "matrixmultiply", "gemm", "matmul", "fullyconnected", "myelin", "foreign")
+_COMPUTE_WORDS = ("conv", "matrixmultiply", "gemm", "matmul", "fullyconnected", "attention")
+# TensorRT 10 hands whole subgraphs (the transformer blocks) to Myelin: one layer per fused region,
+# LayerType "Myelin" (older: "ForeignNode"), named "{ForeignNode[first_op...last_op]}". The
+# inspector shows only the region's boundary tensors, whose datatypes (often the FP32 network input,
+# or a Cast's input) say nothing about the precision of the kernels inside.
+_FUSED_WORDS = ("myelin", "foreignnode", "foreign")
+# Layers that only change a tensor's layout or type.
+_REFORMAT_TYPES = ("reformat", "cast", "noop", "no-op", "identity")
 
 
 def layer_datatype(tensor_info: dict | str) -> str:
@@ -102,33 +107,77 @@ def layer_datatype(tensor_info: dict | str) -> str:
     return "unknown"
 
 
-def summarize_layer_precisions(engine_info: str | dict, requested: str) -> dict:
-    """Summarise `IEngineInspector.get_engine_information(JSON)` for an engine built as `requested`.
+def _layer_role(name: str, kind: str) -> str:
+    """'fused' (Myelin/ForeignNode), 'reformat' (reformat/cast/no-op), 'compute' or 'other'."""
+    low_kind, low_name = kind.lower(), name.lower()
+    if any(w in low_kind for w in _FUSED_WORDS) or "foreignnode" in low_name:
+        return "fused"
+    if low_kind in _REFORMAT_TYPES or low_kind.startswith("reformat") or low_name.startswith("reformatting copynode"):
+        return "reformat"
+    if any(w in low_kind for w in _COMPUTE_WORDS):
+        return "compute"
+    return "other"
 
-    Each layer's precision is the datatype of its first input (what its kernel consumes).
-    Returns {"layers", "by_precision", "compute_layers_fp32", "fallback", "message"}: `fallback`
-    is True when a reduced-precision engine ("fp16"/"int8") runs none of its compute layers
-    (convolutions, matmuls, Myelin/foreign nodes) in that precision, or when more than half of them
-    run in FP32.
+
+def _layer_precision(tensors: list) -> str:
+    """The precision a layer runs in, from the datatypes of all its inputs and outputs: the lowest
+    float precision among them (an INT8 convolution may take Int8 and give FP32; an FP16 layer
+    next to the FP32 network input may take FP32 and give Half); 'unknown' without float tensors
+    (index/shape tensors only, or no datatypes)."""
+    kinds = [layer_datatype(t) for t in tensors if isinstance(t, dict | str)]
+    floats = [k for k in kinds if k in _FLOAT_RANK]
+    if floats:
+        return min(floats, key=lambda k: _FLOAT_RANK[k])
+    known = [k for k in kinds if k != "unknown"]
+    return known[0] if known else "unknown"
+
+
+def summarize_layer_precisions(engine_info: str | dict, requested: str) -> dict:
+    """Summarise `IEngineInspector.get_engine_information(LayerInformationFormat.JSON)` for an
+    engine built as `requested`.
+
+    The JSON is `{"Layers": [{"Name", "LayerType", "Inputs": [{"Name", "Location", "Dimensions",
+    "Format/Datatype"}], "Outputs": [...], ...}], "Bindings": [...]}` (names only below DETAILED
+    verbosity). Each layer is classified by all its inputs and outputs (`_layer_precision`) and by
+    its role: Myelin/ForeignNode layers are reported as 'fused' (their boundary tensors do not show
+    the precision inside), reformat/cast/no-op layers as data movement, convolutions/matmuls as
+    compute. Returns {"layers", "by_precision", "compute_layers", "compute_layers_fp32",
+    "fused_layers", "reformat_layers", "fallback", "message"}: `fallback` is True when a
+    reduced-precision engine ("fp16"/"int8") runs none of its (unfused) compute layers in that
+    precision or lower, or runs more than half of them in FP32. Fused layers never count as fallback.
     """
     data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
     layers = data.get("Layers", []) if isinstance(data, dict) else data
     rows, counts = [], Counter()
-    for layer in layers:
+    for layer in layers or []:
         if isinstance(layer, str):  # ProfilingVerbosity below DETAILED gives names only
-            rows.append({"name": layer, "type": "unknown", "precision": "unknown"})
-            counts["unknown"] += 1
+            role = "fused" if "foreignnode" in layer.lower() else "unknown"
+            rows.append({"name": layer, "type": "unknown", "role": role,
+                         "precision": "fused" if role == "fused" else "unknown"})
+            counts[rows[-1]["precision"]] += 1
             continue
-        inputs = layer.get("Inputs") or []
-        precision = layer_datatype(inputs[0]) if inputs else "unknown"
+        if not isinstance(layer, dict):
+            continue
+        name = str(layer.get("Name", "?"))
         kind = str(layer.get("LayerType", layer.get("ParameterType", "unknown")))
-        rows.append({"name": layer.get("Name", "?"), "type": kind, "precision": precision})
-        counts[precision] += 1
-    compute = [r for r in rows if any(w in r["type"].lower() for w in _COMPUTE_WORDS)]
+        role = _layer_role(name, kind)
+        tensors = list(layer.get("Inputs") or []) + list(layer.get("Outputs") or [])
+        precision = _layer_precision(tensors)
+        row = {"name": name, "type": kind, "role": role, "precision": precision}
+        if role == "fused":
+            row["tensor_precisions"] = sorted({layer_datatype(t) for t in tensors if isinstance(t, dict | str)})
+        rows.append(row)
+        counts["fused" if role == "fused" else precision] += 1
+    compute = [r for r in rows if r["role"] == "compute"]
+    fused = [r for r in rows if r["role"] == "fused"]
+    reformat = [r for r in rows if r["role"] == "reformat"]
     fp32_compute = [r["name"] for r in compute if r["precision"] == "fp32"]
-    fallback, message = False, "all compute layers checked"
-    if requested in ("fp16", "int8") and compute:
-        in_requested = [r for r in compute if r["precision"] == requested]
+    fallback = False
+    fused_note = (f"; {len(fused)} fused Myelin/ForeignNode layer(s), whose inner precision the inspector "
+                  "does not show" if fused else "")
+    if requested in ("fp16", "int8", "bf16", "fp8") and compute:
+        limit = _FLOAT_RANK.get(requested, 3)
+        in_requested = [r for r in compute if _FLOAT_RANK.get(r["precision"], 99) <= limit]
         if not in_requested:
             fallback = True
             message = f"no compute layer runs in {requested}: the engine silently fell back to higher precision"
@@ -136,11 +185,15 @@ def summarize_layer_precisions(engine_info: str | dict, requested: str) -> dict:
             fallback = True
             message = f"{len(fp32_compute)} of {len(compute)} compute layers run in fp32 in a {requested} engine"
         else:
-            message = f"{len(in_requested)} of {len(compute)} compute layers run in {requested}"
-    elif not compute:
+            message = f"{len(in_requested)} of {len(compute)} compute layers run in {requested} or lower"
+        message += fused_note
+    elif compute or fused:
+        message = (f"{len(compute)} compute layer(s) checked" if compute else "no unfused compute layer") + fused_note
+    else:
         message = "no per-layer precision information (engine not built with DETAILED profiling?)"
     return {"layers": len(rows), "by_precision": dict(counts), "compute_layers": len(compute),
-            "compute_layers_fp32": fp32_compute, "fallback": fallback, "message": message}
+            "compute_layers_fp32": fp32_compute, "fused_layers": len(fused), "reformat_layers": len(reformat),
+            "fallback": fallback, "message": message}
 
 
 def read_timing_cache(path: str | os.PathLike | None) -> bytes:
@@ -154,6 +207,34 @@ def write_timing_cache(path: str | os.PathLike, data: bytes) -> None:
     """Write a serialized timing cache atomically (a build interrupted mid-write keeps the old one)."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def use_timing_cache(config, data: bytes, path: str | os.PathLike | None, log: list[str] | None = None):
+    """Give the builder `config` the timing cache read from `path` (`data`, b'' for none).
+
+    A cache written by another TensorRT version or for another GPU does not fit (TensorRT refuses it
+    or cannot even parse it): then the build starts from a fresh, empty cache with a warning (and the
+    build rewrites the file), instead of failing. Returns the cache set on `config`.
+    """
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # noqa: BLE001 - TensorRT raises its own errors for unparseable bytes
+            cache = None
+        if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+            cache = None
+        if cache is None:
+            message = (f"timing cache {path} does not fit this TensorRT version / GPU: starting a fresh cache "
+                       "(it is rewritten after the build)")
+            warnings.warn(message, stacklevel=3)
+            if log is not None:
+                log.append(f"[WARNING] {message}")
+    if cache is None:
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise TensorRTError("TensorRT cannot create an empty timing cache", log or ())
+    return cache
 
 
 @dataclass
@@ -235,9 +316,7 @@ def build_engine(
     profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
 
-    cache = config.create_timing_cache(read_timing_cache(timing_cache))
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise TensorRTError(f"timing cache {timing_cache} does not fit this TensorRT/GPU; delete it", logger.lines)
+    use_timing_cache(config, read_timing_cache(timing_cache), timing_cache, logger.lines)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
