@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 
 from tokenpose.data.coco import CocoKeypoints
+from tokenpose.data.roots import resolve_data_files
 from tokenpose.models.config import VARIANTS, get_config
 from tokenpose.training.config import TrainConfig
-from tokenpose.training.trainer import Trainer, evaluate_coco, resolve_coco_files
+from tokenpose.training.trainer import Trainer, evaluate_coco
 
 ROOT = Path(__file__).resolve().parent.parent
 COCO_MINI = ROOT / "tests" / "fixtures" / "coco_mini"
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Two x0.1 decays late in the run (at 80 % and 93 %): an earlier decay, as in the official
     # 200/300, stops an overfitting run while it is still leaving the mean-heatmap plateau.
     milestones = (round(args.epochs * 0.8), round(args.epochs * 0.93))
-    ann, images = resolve_coco_files(COCO_MINI)
+    ann, images = resolve_data_files("coco", COCO_MINI, split="train")
     eval_set = CocoKeypoints.from_config(model_cfg, ann, images, train=False)
 
     t0 = time.perf_counter()

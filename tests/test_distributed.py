@@ -1,5 +1,6 @@
-"""DDP with Gloo on CPU: averaged gradients equal a single process on the full batch, and a
-two-process `train()` equals a one-process run with the doubled batch.
+"""DDP with Gloo on CPU: averaged gradients equal a single process on the full batch, a
+two-process `train()` equals a one-process run with the doubled batch, and a two-process run
+resumed mid-epoch writes the metrics of an uninterrupted one.
 
 TokenPose-T has no BatchNorm, so per-process batches do not change the forward pass and the
 comparisons are exact up to float summation order.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -18,12 +20,13 @@ from conftest import COCO_MINI
 
 from tokenpose import create_model
 from tokenpose.data.coco import CocoKeypoints
+from tokenpose.errors import TokenPoseError
 from tokenpose.models.checkpoints import read_checkpoint
 from tokenpose.models.config import VARIANTS
 from tokenpose.training.config import TrainConfig
 from tokenpose.training.distributed import ResumableSampler
 from tokenpose.training.loss import JointsMSELoss
-from tokenpose.training.trainer import read_metrics, train
+from tokenpose.training.trainer import Trainer, read_metrics, train
 
 TINY = dataclasses.replace(
     VARIANTS["t"], name="t-tiny", input_hw=(64, 48), heatmap_hw=(16, 12), patch_hw=(8, 6),
@@ -32,13 +35,20 @@ TINY = dataclasses.replace(
 WORLD = 2
 
 
-def run_ranks(fn, *args) -> None:
-    """Run fn(rank, *args) in WORLD processes. Forked (the children inherit the imported modules,
-    seconds faster than spawn); each child sets one torch thread first, as DataLoader workers do.
-    DDP's constructor imports torch._dynamo (seconds): import it once here so children inherit it."""
-    import torch._dynamo  # noqa: F401
+def run_ranks(fn, *args, timeout: float = 300.0) -> None:
+    """Run fn(rank, *args) in WORLD fresh processes and wait for them, failing after `timeout` s.
 
-    mp.start_processes(fn, args=args, nprocs=WORLD, join=True, start_method="fork")
+    Spawned, not forked: this test process has already run multi-threaded torch and DataLoader
+    workers, and a child forked from it can deadlock on a lock some thread held at the fork
+    (seen in about one run in ten). Each child sets one torch thread, as DataLoader workers do.
+    """
+    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"the {WORLD} DDP processes did not finish within {timeout:.0f} s")
 
 
 def free_port() -> int:
@@ -146,3 +156,41 @@ def test_two_process_train_equals_one_process_with_the_doubled_batch(tmp_path):
     assert len(rows_b) == 1  # only rank 0 writes
     assert rows_b[0]["step"] == rows_a[0]["step"] == 2 and rows_b[0]["images"] == rows_a[0]["images"] == 8
     assert rows_b[0]["loss"] == pytest.approx(rows_a[0]["loss"], rel=1e-5)
+
+
+def _resume_rank(rank: int, port: int, cfg_dict: dict, out: str) -> None:
+    from tokenpose.training.distributed import cleanup, init_distributed
+
+    set_env(rank, port)
+    ctx = init_distributed("cpu")
+    try:
+        base = TrainConfig.from_dict(cfg_dict)
+
+        def fit(name: str, **kw):
+            return Trainer(dataclasses.replace(base, out=f"{out}/{name}", **kw), ctx).fit()
+
+        assert fit("reference").steps == 4
+        stopped = fit("resumed", max_steps=2)  # last.pth mid-epoch 0: 2 of the 4 steps done
+        assert (stopped.steps, stopped.metrics) == (2, [])
+        resumed = fit("resumed", resume=True)
+        assert (resumed.resumed_from_step, resumed.steps) == (2, 4)
+        # Decided on rank 0 (which writes the folder), raised on every rank.
+        with pytest.raises(TokenPoseError, match="already holds a run"):
+            Trainer(dataclasses.replace(base, out=f"{out}/reference"), ctx)
+    finally:
+        cleanup(ctx)
+
+
+def test_two_process_resume_mid_epoch_gives_the_uninterrupted_metrics(tmp_path):
+    cfg = TrainConfig(variant=TINY, data_root=COCO_MINI, out=tmp_path, epochs=1, batch_size=2, workers=0,
+                      max_images=16, progress=False, device="cpu", seed=4)  # 8 persons per rank, 4 steps
+    run_ranks(_resume_rank, free_port(), cfg.to_dict(), str(tmp_path))
+    # The checkpoint holds the loss sum of both ranks' first two steps, not rank 0's alone.
+    rows, want = read_metrics(tmp_path / "resumed" / "metrics.jsonl"), read_metrics(tmp_path / "reference" / "metrics.jsonl")
+    assert [(r["epoch"], r["step"], r["images"]) for r in rows] == [(r["epoch"], r["step"], r["images"]) for r in want] \
+        == [(0, 4, 16)]
+    assert rows[0]["loss"] == pytest.approx(want[0]["loss"], rel=1e-6)
+    assert rows[0]["images_per_s"] > 0
+    a, b = read_checkpoint(tmp_path / "resumed" / "final.pth"), read_checkpoint(tmp_path / "reference" / "final.pth")
+    for k, v in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][k], v), k

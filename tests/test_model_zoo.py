@@ -140,3 +140,21 @@ def test_zoo_cli_json_and_table():
     assert table.exit_code == 0 and "13.465M" in table.output and "5.655" in table.output
     bad = runner.invoke(app, ["zoo", "-v", "nope"])
     assert bad.exit_code == 1 and "valid variants" in bad.output
+
+
+@pytest.mark.parametrize("variant", list_variants())
+def test_model_config_dict_round_trip(variant):
+    from tokenpose.models.config import VARIANTS, ModelConfig
+
+    cfg = VARIANTS[variant]
+    d = json.loads(json.dumps(cfg.to_dict()))  # plain types only
+    assert isinstance(d["input_hw"], list)
+    back = ModelConfig.from_dict(d)
+    assert back == cfg and back.description == cfg.description
+    assert all(isinstance(getattr(back, k), tuple) for k in ("input_hw", "heatmap_hw", "patch_hw"))
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*: colour"):
+        ModelConfig.from_dict({**d, "colour": "red"})
+    with pytest.raises(ValueError, match="missing: backbone, heads"):
+        ModelConfig.from_dict({k: v for k, v in d.items() if k not in ("backbone", "heads")})
+    del d["description"]  # fields with a default may be left out
+    assert ModelConfig.from_dict(d) == cfg

@@ -16,7 +16,7 @@ import torch
 from conftest import COCO_MINI
 
 from tokenpose import create_model
-from tokenpose.errors import CheckpointError
+from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.models.checkpoints import read_checkpoint
 from tokenpose.models.config import VARIANTS
 from tokenpose.training.config import TrainConfig
@@ -121,3 +121,29 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, like_the_child):
     assert [(r["epoch"], r["step"]) for r in rows] == [(e, (e + 1) * STEPS_PER_EPOCH) for e in range(len(rows))]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-6)
     assert not list(killed.glob(".*.tmp"))  # leftovers of the kill were cleaned on resume
+
+
+def test_resume_after_a_cut_metrics_line_and_leftover_temp_files(tmp_path, like_the_child):
+    """A kill during the metrics append leaves half a row; one during an atomic write, a temp file."""
+    out = tmp_path / "run"
+    cfg = {"variant": TINY, "data_root": COCO_MINI, "out": out, "epochs": 2, "batch_size": 4, "max_images": 8,
+           "workers": 0, "seed": 1, "device": "cpu", "progress": False}
+    train(TrainConfig(**cfg, max_steps=3))  # epoch 0 (2 steps) done, last.pth in the middle of epoch 1
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 4, "lo')
+    leftovers = [out / ".config.json.x1y2.tmp", out / ".metrics.jsonl.a9b8.tmp", out / ".best.pth.c7d6.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    with pytest.warns(UserWarning, match="skipping the last line"):
+        assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [0]
+
+    with pytest.warns(UserWarning, match="skipping the last line"):
+        result = train(TrainConfig(**cfg, resume=True))
+    assert (result.resumed_from_step, result.steps) == (3, 4)
+    rows = read_metrics(out / "metrics.jsonl")  # rewritten without the cut line: no warning now
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 2), (1, 4)]
+    assert not list(out.glob(".*.tmp"))
+
+    (out / "metrics.jsonl").write_text('{"epoch": 0}\n{"epo\n{"epoch": 1}\n')  # damage before the end
+    with pytest.raises(TokenPoseError, match="line 2 is not json"):
+        read_metrics(out / "metrics.jsonl")

@@ -163,6 +163,24 @@ def test_fresh_run_refuses_to_overwrite_and_resume_checks_the_model(tmp_path, on
     assert resumed.state.step == 1 and resumed.state.epoch_samples == 4
 
 
+def test_resume_refuses_changed_run_settings_and_warns_about_harmless_ones(tmp_path, one_thread, recwarn):
+    Trainer(tiny_config(tmp_path, epochs=2, max_steps=1, seed=3)).fit()
+    with pytest.raises(CheckpointError) as err:
+        Trainer(tiny_config(tmp_path, resume=True, seed=4, lr=2e-3, milestones=(1,), workers=1))
+    msg = str(err.value)
+    assert "other settings (seed 3 -> 4; lr 0.001 -> 0.002; milestones [200, 260] -> [1])" in msg and "\n" not in msg
+    with pytest.raises(CheckpointError, match=r"batch_size 4 -> 32; max_images 8 -> 6"):
+        Trainer(tiny_config(tmp_path, resume=True, seed=3, batch_size=None, max_images=6))
+    with pytest.raises(CheckpointError, match="differs in depth"):  # the model is compared first
+        Trainer(tiny_config(tmp_path, resume=True, seed=4, variant=dataclasses.replace(TINY, depth=2)))
+    assert not recwarn.list
+
+    # More epochs, clipping, other workers or max_steps: resumable; the first two are mentioned.
+    with pytest.warns(UserWarning, match=r"changed settings \(epochs 2 -> 5; grad_clip None -> 1.0\)"):
+        resumed = Trainer(tiny_config(tmp_path, resume=True, seed=3, epochs=5, grad_clip=1.0, workers=1, max_steps=9))
+    assert resumed.state.step == 1
+
+
 def test_rng_state_survives_a_weights_only_checkpoint():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     buf = io.BytesIO()
@@ -212,6 +230,8 @@ def test_config_errors_are_clear(tmp_path):
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError, match="cannot train on mpii"):
         TrainConfig(variant="t", dataset="mpii")
+    with pytest.raises(ValueError, match="validation during training supports COCO only"):
+        TrainConfig(variant="l-d6-mpii", val_ann_file="val.json")  # on every rank, before any data is read
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         Trainer(tiny_config(tmp_path, amp="fp16"))
     cfg = tiny_config(tmp_path, milestones=(3, 5))

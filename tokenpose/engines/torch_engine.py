@@ -33,11 +33,7 @@ def _config_from_metadata(value: Any) -> ModelConfig | None:
         fields = dict(value.get("model_config", value))
         if "backbone" not in fields:
             return None
-        for key in ("input_hw", "heatmap_hw", "patch_hw"):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        known = set(ModelConfig.__dataclass_fields__)
-        return ModelConfig(**{k: v for k, v in fields.items() if k in known})
+        return ModelConfig.from_dict(fields)
     return None
 
 

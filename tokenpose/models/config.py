@@ -6,7 +6,9 @@ so a variant is fully described by one row and nothing else decides the architec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from tokenpose.data.keypoints import (
     COCO_FLIP_PAIRS,
@@ -55,6 +57,23 @@ class ModelConfig:
         ph, pw = self.patch_hw
         if fh % ph or fw % pw:
             raise ValueError(f"feature map {self.feature_hw} is not divisible by patch {self.patch_hw}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain type (tuples become lists), for json and weights-only checkpoints."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict` (lists become tuples). ValueError naming unknown or missing fields."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        missing = [n for n, f in known.items()
+                   if n not in d and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ValueError(f"ModelConfig field(s) missing: {', '.join(missing)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @property
     def num_joints(self) -> int:

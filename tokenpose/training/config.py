@@ -145,6 +145,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+        if self.val_ann_file is not None and self.dataset_name != "coco":
+            raise ValueError("validation during training supports COCO only (use `tokenpose eval` for MPII PCKh)")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
 
@@ -156,7 +158,7 @@ class TrainConfig:
             if isinstance(v, os.PathLike):
                 return str(v)
             if isinstance(v, ModelConfig):
-                return {"model_config": plain(dataclasses.asdict(v))}
+                return {"model_config": v.to_dict()}
             if isinstance(v, dict):
                 return {str(k): plain(x) for k, x in v.items()}
             if isinstance(v, tuple | list):
@@ -171,10 +173,7 @@ class TrainConfig:
         d = dict(d)
         variant = d.get("variant")
         if isinstance(variant, dict) and "model_config" in variant:
-            mc = dict(variant["model_config"])
-            for k in ("input_hw", "heatmap_hw", "patch_hw"):
-                mc[k] = tuple(mc[k])
-            d["variant"] = ModelConfig(**mc)
+            d["variant"] = ModelConfig.from_dict(variant["model_config"])
         for k in ("betas", "milestones"):
             if k in d:
                 d[k] = tuple(d[k])

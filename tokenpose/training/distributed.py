@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,10 +104,58 @@ def all_reduce_sum(values: list[float], ctx: DistributedContext) -> list[float]:
     return t.cpu().tolist()
 
 
+def on_main(fn: Callable[[], T], ctx: DistributedContext) -> T | None:
+    """Run fn() on rank 0 only and make every rank fail the same way when it raises there.
+
+    Returns fn()'s value on rank 0 and None on the others. Every rank must call it (a broadcast).
+    On the other ranks the error is re-raised with rank 0's type and message (a TokenPoseError
+    when that type cannot be rebuilt from a message).
+    """
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            error = e
+    if ctx.distributed:
+        # Plain strings only: any exception type can be sent, even one that does not pickle.
+        box = [None if error is None else (type(error).__module__, type(error).__qualname__, str(error))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            error = _rebuild_error(*box[0])
+    if error is not None:
+        raise error
+    return result
+
+
+def _rebuild_error(module: str, qualname: str, message: str) -> Exception:
+    """An exception of the named type with `message` (TokenPoseError when that cannot be made)."""
+    import importlib
+
+    from tokenpose.errors import TokenPoseError
+
+    try:
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(message)
+    except Exception:  # noqa: BLE001 - unknown type, or a constructor that wants more than a message
+        return TokenPoseError(message)
+    return TokenPoseError(message)
+
+
 def cleanup(ctx: DistributedContext) -> None:
-    """Destroy the process group this context started (safe to call twice)."""
+    """Destroy the process group this context started (safe to call twice).
+
+    Ranks first meet at a barrier, so none tears the group down while another is still in a
+    collective (Gloo then aborts the late rank's process).
+    """
     if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 class ResumableSampler(DistributedSampler):

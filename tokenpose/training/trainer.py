@@ -13,7 +13,11 @@ Every .pth holds the weights under `state_dict` in the official layout, so
 Resume restores weights, optimizer, scheduler, GradScaler, counters, RNG states and the partial
 epoch's loss sums; the sampler order is a function of (seed, epoch) and augmentation draws of
 (seed, epoch, index), so a resumed run skips exactly the batches already done and sees the same
-data the uninterrupted run would have seen.
+data the uninterrupted run would have seen. Under DDP the checkpoint holds the loss and time sums
+of all ranks. A resume with other RUN_SETTINGS (seed, lr, batch, ...) or another model is refused;
+changed RESUMABLE_SETTINGS (more epochs, amp, ...) are warned about. Temp files of interrupted
+atomic writes (`.*.tmp`) are removed on every start, and a metrics row cut short by a kill is dropped.
+Errors of rank-0-only work (folder checks, validation, writes) are raised on every rank.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,14 +55,15 @@ from tokenpose.training.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    on_main,
     resolve_device,
     unwrap_model,
     wrap_model,
 )
 from tokenpose.training.loss import JointsMSELoss
 
-CHECKPOINT_VERSION = 1
-CHECKPOINT_NAMES = ("last.pth", "best.pth", "final.pth")
+# 2: train_state's epoch_loss_sum / epoch_seconds are sums over all ranks (1: rank 0's own).
+CHECKPOINT_VERSION = 2
 
 # Reference §5.2: the ImageNet HRNet keys the official B/L training loads (top-level names).
 HRNET_PRETRAINED_PREFIXES = (
@@ -141,34 +147,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-def resolve_coco_files(data_root: Path | None, ann_file: Path | None = None, image_dir: Path | None = None,
-                       split: str = "train") -> tuple[Path, Path]:
-    """(annotation json, image folder) of a COCO root; see `tokenpose.data.roots`."""
-    return resolve_data_files("coco", data_root, ann_file, image_dir, split)
-
-
-def resolve_mpii_files(data_root: Path | None, ann_file: Path | None = None, image_dir: Path | None = None,
-                       split: str = "train") -> tuple[Path, Path]:
-    """(HRNet-layout json, image folder) of an MPII root; see `tokenpose.data.roots`."""
-    return resolve_data_files("mpii", data_root, ann_file, image_dir, split)
-
-
 def build_train_dataset(cfg: TrainConfig) -> Dataset:
     """The training dataset of `cfg` (augmented unless cfg.augment is False), cut to max_images."""
     mc = cfg.model_config
+    ann, images = resolve_data_files(cfg.dataset_name, cfg.data_root, cfg.ann_file, cfg.image_dir, "train")
     if cfg.dataset_name == "coco":
         from tokenpose.data.coco import CocoKeypoints
 
-        ann, images = resolve_coco_files(cfg.data_root, cfg.ann_file, cfg.image_dir, "train")
         ds = CocoKeypoints.from_config(mc, ann, images, train=cfg.augment, seed=cfg.seed, on_bad=cfg.on_bad)
     else:
         from tokenpose.data.mpii import MpiiKeypoints
 
-        ann, images = resolve_mpii_files(cfg.data_root, cfg.ann_file, cfg.image_dir, "train")
         ds = MpiiKeypoints.from_config(mc, ann, images, train=cfg.augment, seed=cfg.seed, on_bad=cfg.on_bad)
     if len(ds) == 0:
         raise TokenPoseError(f"the training set {ann} holds no usable person")
@@ -184,16 +173,16 @@ def _base_dataset(ds: Dataset) -> Dataset:
 
 
 def build_val_dataset(cfg: TrainConfig) -> Dataset | None:
-    """The COCO validation set (ground-truth boxes, no augmentation), or None."""
+    """The COCO validation set (ground-truth boxes, no augmentation), or None.
+    (`TrainConfig.validate` rejects a validation set for MPII.)"""
     if cfg.val_ann_file is None:
         return None
-    if cfg.dataset_name != "coco":
-        raise ValueError("validation during training supports COCO only (use `tokenpose eval` for MPII PCKh)")
     from tokenpose.data.coco import CocoKeypoints
 
     # Without --val-image-dir, look for the images beside the json as in a COCO root
     # (<root>/annotations/x.json -> <root>/images/<split>, <root>/<split> or <root>/images).
-    ann, images = resolve_coco_files(cfg.val_ann_file.parent.parent, cfg.val_ann_file, cfg.val_image_dir, "val")
+    ann, images = resolve_data_files("coco", cfg.val_ann_file.parent.parent, cfg.val_ann_file, cfg.val_image_dir,
+                                     "val")
     return CocoKeypoints.from_config(cfg.model_config, ann, images, train=False, on_bad=cfg.on_bad)
 
 
@@ -233,20 +222,21 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, *, device: torch.device | 
     return evaluator.evaluate()
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
 @dataclass
 class TrainState:
     """Counters saved with every checkpoint. `epoch` is the epoch in progress (or the next one)
-    and `epoch_samples` the samples this rank already trained on in it."""
+    and `epoch_samples` the samples this rank already trained on in it (the same on every rank).
+
+    In a process, epoch_loss_sum / epoch_seconds are this rank's own sums; `_end_epoch` adds them
+    up over the ranks. A checkpoint stores the sums over all ranks (`save_checkpoint` reduces them
+    first) and `restore` gives them back to rank 0 only, so the epoch-end reduction stays right.
+    """
 
     epoch: int = 0
     step: int = 0
     epoch_samples: int = 0
     epoch_loss_sum: float = 0.0  # sum over this rank's samples of the batch loss x batch size
-    epoch_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # this rank's training time in the epoch
     best_ap: float | None = None
 
 
@@ -265,12 +255,26 @@ class TrainResult:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl file (an empty list when it does not exist)."""
+    """The rows of a metrics.jsonl file (an empty list when it does not exist).
+
+    A last line that is not json (an append cut short by a kill) is skipped with a warning; a bad
+    line before the last one raises TokenPoseError.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, errors="replace") as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k < len(lines) - 1:
+                raise TokenPoseError(f"{path}: line {number} is not json ({e.msg}); fix or remove that line") from None
+            warnings.warn(f"{path}: skipping the last line ({number}), an incomplete row (interrupted write?): "
+                          f"{line.strip()[:80]!r}", stacklevel=2)
+    return rows
 
 
 class Trainer:
@@ -289,13 +293,8 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
 
         resume_path = cfg.resume_path
-        if resume_path is None and self.ctx.is_main:
-            existing = [n for n in ("last.pth", "metrics.jsonl") if (self.out / n).exists()]
-            if existing:
-                raise TokenPoseError(
-                    f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
-                    f"or choose another --out"
-                )
+        if resume_path is None:  # decided on rank 0 (which writes the folder), raised on every rank
+            on_main(self._refuse_existing_run, self.ctx)
 
         self.model = create_model(cfg.variant).to(self.device).train()
         self.hrnet_keys: list[str] = []
@@ -314,16 +313,29 @@ class Trainer:
         self.ddp_model = wrap_model(self.model, self.ctx)
 
         self.train_set = build_train_dataset(cfg)
-        self.val_set = build_val_dataset(cfg) if self.ctx.is_main else None
+        self.val_set = on_main(lambda: build_val_dataset(cfg), self.ctx)  # rank 0 validates
         self.batch_size = cfg.per_process_batch_size
         self.sampler = ResumableSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                         shuffle=True, seed=cfg.seed, drop_last=False)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
-    # ----- checkpoints -----
+    def _refuse_existing_run(self) -> None:
+        existing = [n for n in ("last.pth", "metrics.jsonl") if (self.out / n).exists()]
+        if existing:
+            raise TokenPoseError(
+                f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                f"or choose another --out"
+            )
 
-    def checkpoint(self) -> dict:
-        """The resumable state: official-layout weights plus everything `restore` needs."""
+    def checkpoint(self, epoch_totals: tuple[float, float] | None = None) -> dict:
+        """The resumable state: official-layout weights plus everything `restore` needs.
+
+        epoch_totals: (loss sum, seconds) of the epoch in progress summed over all ranks (what
+        `save_checkpoint` passes); None takes this process's own sums (right in one process).
+        """
+        train_state = dataclasses.asdict(self.state)
+        if epoch_totals is not None:
+            train_state["epoch_loss_sum"], train_state["epoch_seconds"] = (float(v) for v in epoch_totals)
         return {
             "state_dict": to_official_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
@@ -331,21 +343,28 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.state.epoch,
             "step": self.state.step,
-            "train_state": dataclasses.asdict(self.state),
+            "train_state": train_state,
             "world_size": self.ctx.world_size,
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
-            "model_config": _model_config_dict(self.model.config),
+            "model_config": self.model.config.to_dict(),
             "version": CHECKPOINT_VERSION,
         }
 
     def save_checkpoint(self, name: str = "last.pth") -> Path | None:
-        """Write `checkpoint()` atomically under out/name (rank 0 only)."""
-        if not self.ctx.is_main:
-            return None
+        """Write `checkpoint()` atomically under out/name; returns the path on rank 0, None elsewhere.
+
+        Every rank must call it: the epoch's loss and time sums are added up over the ranks first,
+        and a failed write raises on every rank.
+        """
+        totals = all_reduce_sum([self.state.epoch_loss_sum, self.state.epoch_seconds], self.ctx)
         path = self.out / name
-        atomic_torch_save(self.checkpoint(), path)
-        return path
+
+        def write() -> Path:
+            atomic_torch_save(self.checkpoint(epoch_totals=(totals[0], totals[1])), path)
+            return path
+
+        return on_main(write, self.ctx)
 
     def save_weights(self, name: str, **extra) -> Path | None:
         """Official-layout weights (+ model config and `extra`) under out/name (rank 0 only)."""
@@ -353,7 +372,7 @@ class Trainer:
             return None
         path = self.out / name
         atomic_torch_save({"state_dict": to_official_state_dict(self.model),
-                           "model_config": _model_config_dict(self.model.config),
+                           "model_config": self.model.config.to_dict(),
                            "epoch": self.state.epoch, "step": self.state.step, **extra}, path)
         return path
 
@@ -364,26 +383,34 @@ class Trainer:
         if missing:
             raise CheckpointError(f"{path}: not a resumable training checkpoint (no {', '.join(missing)}); "
                                   f"resume from last.pth, not from weights-only files such as final.pth")
-        want = _model_config_dict(self.model.config)
-        if ckpt["model_config"] != want:
-            diff = [k for k in want if ckpt["model_config"].get(k) != want[k]]
-            raise CheckpointError(f"{path}: was trained with another model config (differs in {', '.join(diff)})")
+        want = self.model.config.to_dict()
+        saved_model = ckpt["model_config"]
+        if saved_model != want:
+            diff = [k for k in want if k != "description" and saved_model.get(k) != want[k]]
+            if diff:
+                raise CheckpointError(f"{path}: was trained with another model config (differs in {', '.join(diff)})")
+        self._check_settings(path, ckpt.get("config"))
+        state = TrainState(**ckpt["train_state"])
+        saved_world = int(ckpt.get("world_size", 1))
+        if state.epoch_samples and saved_world != self.ctx.world_size:
+            raise CheckpointError(
+                f"{path}: saved mid-epoch with {saved_world} process(es); resume it with the "
+                f"same number (now {self.ctx.world_size}) so the remaining batches of the epoch are known"
+            )
         load_official_state_dict(self.model, ckpt["state_dict"], source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["train_state"])
-        if self.state.epoch_samples and ckpt.get("world_size", 1) != self.ctx.world_size:
-            raise CheckpointError(
-                f"{path}: saved mid-epoch with {ckpt.get('world_size', 1)} process(es); resume it with the "
-                f"same number (now {self.ctx.world_size}) so the remaining batches of the epoch are known"
-            )
+        if ckpt.get("version", 1) < 2:  # version 1 stored rank 0's own sums: scale them to all ranks
+            state.epoch_loss_sum *= saved_world
+            state.epoch_seconds *= saved_world
+        if not self.ctx.is_main:  # the checkpoint holds the sums over all ranks: count them once
+            state.epoch_loss_sum, state.epoch_seconds = 0.0, 0.0
+        self.state = state
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         self.resumed_from_step = self.state.step
-
-    # ----- training -----
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
@@ -422,13 +449,33 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
+    def _check_settings(self, path: Path, saved: dict | None) -> None:
+        """Raise CheckpointError naming the settings that changed the run since `saved` (the
+        checkpoint's TrainConfig dict); warn (rank 0) about changes that only matter from now on."""
+        if not isinstance(saved, dict):
+            return  # a checkpoint without its config: nothing to compare
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        try:
+            old = TrainConfig.from_dict({k: v for k, v in saved.items() if k in known})
+        except (ValueError, TypeError) as e:
+            if self.ctx.is_main:
+                warnings.warn(f"{path}: cannot read its training config ({e}); settings not compared", stacklevel=3)
+            return
+        breaking, harmless = changed_settings(old, self.cfg)
+        if breaking:
+            raise CheckpointError(
+                f"{path}: the run was started with other settings ({'; '.join(breaking)}); resume with the "
+                f"original ones, or start a new run in another --out"
+            )
+        if harmless and self.ctx.is_main:
+            warnings.warn(f"{path}: resuming with changed settings ({'; '.join(harmless)})", stacklevel=3)
+
     def _prepare_out(self) -> None:
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in CHECKPOINT_NAMES:  # temp files of writes a kill interrupted
-            for tmp in self.out.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+        for tmp in self.out.glob(".*.tmp"):  # temp files of atomic writes a kill interrupted
+            tmp.unlink(missing_ok=True)
         with atomic_write(self.out / "config.json", "w") as f:
             json.dump(self.cfg.to_dict(), f, indent=2)
         metrics = self.out / "metrics.jsonl"
@@ -450,8 +497,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to cfg.epochs (or cfg.max_steps); see the module docstring for the files."""
         cfg, st = self.cfg, self.state
-        self._prepare_out()
-        barrier(self.ctx)
+        on_main(self._prepare_out, self.ctx)
         console = _console(self.ctx.is_main)
         mc = self.model.config
         if console:
@@ -500,7 +546,7 @@ class Trainer:
                 if stop and st.epoch_samples < self.sampler.num_samples:
                     break
                 metrics.append(self._end_epoch(console))
-            final_path = self.save_weights("final.pth", finished=st.epoch >= cfg.epochs)
+            final_path = on_main(lambda: self.save_weights("final.pth", finished=st.epoch >= cfg.epochs), self.ctx)
         barrier(self.ctx)
         return TrainResult(out=self.out, epochs=st.epoch, steps=st.step, metrics=metrics, best_ap=st.best_ap,
                            last_checkpoint=self.out / "last.pth" if self.ctx.is_main else None,
@@ -518,18 +564,24 @@ class Trainer:
         }
         validate = self.val_set is not None and ((st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == cfg.epochs)
         is_best = False
-        if validate:
-            stats = evaluate_coco(self.model, self.val_set, device=self.device, batch_size=self.batch_size,
-                                  flip_test=cfg.val_flip_test, workers=cfg.workers)
-            row.update({k: stats[k] for k in ("AP", "AP50", "AP75", "AR")})
-            is_best = st.best_ap is None or stats["AP"] > st.best_ap
-            if is_best:
-                st.best_ap = stats["AP"]
+        if validate:  # on rank 0, which holds the validation set; an error there stops every rank
+            stats = on_main(lambda: evaluate_coco(self.model, self.val_set, device=self.device,
+                                                  batch_size=self.batch_size, flip_test=cfg.val_flip_test,
+                                                  workers=cfg.workers), self.ctx)
+            if stats is not None:
+                row.update({k: stats[k] for k in ("AP", "AP50", "AP75", "AR")})
+                is_best = st.best_ap is None or stats["AP"] > st.best_ap
+                if is_best:
+                    st.best_ap = stats["AP"]
         st.epoch += 1
         st.epoch_samples, st.epoch_loss_sum, st.epoch_seconds = 0, 0.0, 0.0
-        self._append_metrics(row)  # before last.pth: a resume drops rows of unfinished epochs
-        if is_best:
-            self.save_weights("best.pth", AP=st.best_ap)
+
+        def write() -> None:
+            self._append_metrics(row)  # before last.pth: a resume drops rows of unfinished epochs
+            if is_best:
+                self.save_weights("best.pth", AP=st.best_ap)
+
+        on_main(write, self.ctx)
         self.save_checkpoint()
         barrier(self.ctx)
         if console:
@@ -539,17 +591,34 @@ class Trainer:
         return row
 
 
-def _model_config_dict(cfg: ModelConfig) -> dict:
-    """Plain-typed fields of a ModelConfig (tuples as lists), for checkpoints and comparison."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+# Settings a resumed run must share with the checkpoint (the optimizer and scheduler states and the
+# data order come from them), and settings that may change from the resume on (warned about).
+RUN_SETTINGS = ("dataset", "batch_size", "seed", "max_images", "augment", "lr", "betas", "weight_decay",
+                "milestones", "gamma")
+RESUMABLE_SETTINGS = ("epochs", "amp", "grad_clip", "deterministic", "on_bad", "data_root", "ann_file", "image_dir")
+
+
+def changed_settings(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
+    """("name old -> new" for the RUN_SETTINGS that differ, the same for RESUMABLE_SETTINGS).
+    The model is compared separately (its config is in every checkpoint)."""
+    derived = {"dataset": lambda c: c.dataset_name, "batch_size": lambda c: c.per_process_batch_size}
+
+    def diff(names: tuple[str, ...]) -> list[str]:
+        out = []
+        for name in names:
+            get = derived.get(name, lambda c, name=name: getattr(c, name))
+            a, b = get(old), get(new)
+            if a != b:
+                fmt = (lambda v: list(v)) if isinstance(a, tuple) else (lambda v: v)
+                out.append(f"{name} {fmt(a)} -> {fmt(b)}")
+        return out
+
+    return diff(RUN_SETTINGS), diff(RESUMABLE_SETTINGS)
 
 
 def model_config_from_checkpoint(ckpt: dict) -> ModelConfig:
     """Rebuild the ModelConfig a training checkpoint (last/best/final.pth) stores."""
-    d = dict(ckpt["model_config"])
-    for k in ("input_hw", "heatmap_hw", "patch_hw"):
-        d[k] = tuple(d[k])
-    return ModelConfig(**d)
+    return ModelConfig.from_dict(ckpt["model_config"])
 
 
 def _console(enabled: bool):
