@@ -31,7 +31,10 @@ from tokenpose.explain import (
     write_explanation,
 )
 from tokenpose.explain.attention import attention_probes
-from tokenpose.explain.figures import keypoint_to_keypoint_figure, keypoint_to_visual_figure
+from tokenpose.explain.figures import (
+    keypoint_to_keypoint_figure,
+    keypoint_to_visual_figure,
+)
 from tokenpose.models.checkpoints import save_weights
 from tokenpose.models.config import VARIANTS
 

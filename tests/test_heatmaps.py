@@ -11,7 +11,11 @@ import torch
 
 from tokenpose.data.heatmaps import HeatmapCodec, gaussian_blur_maps
 from tokenpose.data.keypoints import COCO_FLIP_PAIRS
-from tokenpose.data.transforms import affine_points, get_affine_transform, get_affine_transforms
+from tokenpose.data.transforms import (
+    affine_points,
+    get_affine_transform,
+    get_affine_transforms,
+)
 from tokenpose.models.config import get_config
 
 FIXTURES = Path(__file__).parent / "fixtures"

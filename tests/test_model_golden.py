@@ -5,10 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    REFERENCE,
+    REFERENCE_NAMES,
+    fill_tensor,
+    filled_official_state_dict,
+    manifest,
+)
 
-from conftest import REFERENCE, REFERENCE_NAMES, filled_official_state_dict, fill_tensor, manifest
 from tokenpose import create_model
-from tokenpose.models.checkpoints import expected_official_shapes, load_official_state_dict
+from tokenpose.models.checkpoints import (
+    expected_official_shapes,
+    load_official_state_dict,
+)
 from tokenpose.models.layers import sine_position_table
 
 

@@ -6,13 +6,17 @@ import json
 
 import pytest
 import torch
+from conftest import REFERENCE_NAMES, filled_official_state_dict, manifest
 from typer.testing import CliRunner
 
-from conftest import REFERENCE_NAMES, filled_official_state_dict, manifest
 from tokenpose import create_model, list_variants
 from tokenpose.cli.main import app
 from tokenpose.errors import CheckpointError, InputShapeError
-from tokenpose.models.checkpoints import expected_official_shapes, read_checkpoint, save_weights
+from tokenpose.models.checkpoints import (
+    expected_official_shapes,
+    read_checkpoint,
+    save_weights,
+)
 from tokenpose.models.complexity import measure
 
 # Reference §4: the official summary tool's "GFLOPs" and FlopCounterMode FLOPs (1e9), batch 1.

@@ -17,9 +17,19 @@ from test_engines import build_artifacts, peaked_model
 
 from tokenpose.data.coco import CocoKeypoints
 from tokenpose.data.heatmaps import HeatmapCodec
-from tokenpose.data.transforms import ImageReadError, affine_points, get_affine_transforms, read_image
+from tokenpose.data.transforms import (
+    ImageReadError,
+    affine_points,
+    get_affine_transforms,
+    read_image,
+)
 from tokenpose.engines import PosePrediction, PosePredictor, load_engine
-from tokenpose.engines.detector import WHOLE_IMAGE_SCORE, HogPersonDetector, detect_people, hog_available
+from tokenpose.engines.detector import (
+    WHOLE_IMAGE_SCORE,
+    HogPersonDetector,
+    detect_people,
+    hog_available,
+)
 from tokenpose.engines.drawing import draw_poses
 from tokenpose.engines.torch_engine import TorchEngine
 from tokenpose.errors import InputShapeError, TokenPoseError

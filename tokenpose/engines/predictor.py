@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenpose.data.heatmaps import HeatmapCodec
-from tokenpose.data.transforms import box_to_center_scale, flip_back_heatmaps, preprocess_crops, read_image
+from tokenpose.data.transforms import (
+    box_to_center_scale,
+    flip_back_heatmaps,
+    preprocess_crops,
+    read_image,
+)
 from tokenpose.engines.base import Engine, engine_min_batch, pad_batch
 from tokenpose.errors import InputShapeError, TokenPoseError
 from tokenpose.evaluation.coco import rescore

@@ -120,7 +120,10 @@ class TorchEngine:
         **unused: Any,
     ) -> TorchEngine:
         """Open a `.pth` checkpoint (official layout, ours or a training checkpoint)."""
-        from tokenpose.models.checkpoints import load_official_state_dict, read_checkpoint
+        from tokenpose.models.checkpoints import (
+            load_official_state_dict,
+            read_checkpoint,
+        )
         from tokenpose.models.tokenpose import TokenPose
 
         _reject_options(unused, "torch")
