@@ -10,7 +10,10 @@ inside OpenCV, so `tokenpose predict image.jpg` works offline on any picture. It
 * its scores are SVM margins, not calibrated probabilities (mapped here to (0, 1) by a logistic);
   boxes are loose (the window includes a margin around the person);
 * it is far weaker than a modern CNN detector (the COCO figures in the docs use the HRNet person
-  detections instead). Pass your own boxes (`--boxes det.json`) whenever you have them.
+  detections instead). Measured on coco_mini (158 non-crowd people with >= 5 labelled joints, a
+  match at box IoU >= 0.4): it finds 19 of them, with 52 false boxes; without the replicated
+  border it adds around the image it found 9, with 22 false boxes. Pass your own boxes
+  (`--boxes det.json`) whenever you have them.
 
 OpenCV 5 removed `HOGDescriptor` from the main package (it lives in opencv_contrib now). With
 such an OpenCV, `hog_available()` is False and `detect_people` uses the whole-image fallback for
@@ -82,10 +85,16 @@ class HogPersonDetector:
             return np.zeros((0, 4)), np.zeros(0)
         hog = cv2.HOGDescriptor()
         hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        # A person reaching the image border leaves no room for the detection window's margin;
+        # a replicated border (1/8 of the longer side) lets the window slide past the edge.
+        pad = max(work.shape[:2]) // 8
+        work = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         rects, weights = hog.detectMultiScale(work, winStride=(8, 8), padding=(8, 8), scale=self.scale_step)
         if len(rects) == 0:
             return np.zeros((0, 4)), np.zeros(0)
-        boxes = np.asarray(rects, dtype=np.float64).reshape(-1, 4) / factor
+        boxes = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+        boxes[:, :2] -= pad
+        boxes /= factor
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, dtype=np.float64).reshape(-1)))
         keep = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.score_threshold, self.nms_iou)
         keep = np.asarray(keep, dtype=np.int64).reshape(-1)
