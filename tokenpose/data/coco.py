@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -13,8 +12,9 @@ from tokenpose.data.topdown import (
     DatasetError,
     PersonRecords,
     TopDownDataset,
-    check_image_files,
+    drop_unreadable_images,
     handle_bad_data,
+    load_json,
 )
 from tokenpose.data.transforms import (
     COCO_AUGMENTATION,
@@ -66,7 +66,7 @@ class CocoKeypoints(TopDownDataset):
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
         aspect_ratio = input_hw[1] / input_hw[0]
-        coco = self._load_json(self.ann_file)
+        coco = load_json(self.ann_file)
         if not isinstance(coco, dict) or "images" not in coco:
             raise DatasetError(f"{self.ann_file!r} is not a COCO annotation file (no 'images' list)")
         images = {int(im["id"]): im for im in coco["images"]}
@@ -77,11 +77,8 @@ class CocoKeypoints(TopDownDataset):
             records, problems = self._detection_records(
                 os.fspath(detections), images, aspect_ratio, det_score_threshold)
         if check_images:
-            bad_files = check_image_files(records.image_paths, decode_images)
-            keep = np.array([p not in bad_files for p in records.image_paths], dtype=bool)
-            problems += [f"{bad_files[p]} (image id {i}, ann_id {a})" for p, i, a, k in
-                         zip(records.image_paths, records.image_ids, records.ann_ids, keep) if not k]
-            records = records.select(keep)
+            records, _, unreadable = drop_unreadable_images(records, decode_images)
+            problems += unreadable
         handle_bad_data(problems, on_bad, f"COCO dataset {self.ann_file!r}")
         super().__init__(
             records, input_hw=input_hw, heatmap_hw=heatmap_hw, sigma=sigma,
@@ -89,17 +86,6 @@ class CocoKeypoints(TopDownDataset):
             augmentation=(augmentation or COCO_AUGMENTATION) if train else None, seed=seed,
             on_bad=on_bad,
         )
-
-
-    @staticmethod
-    def _load_json(path: str):
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"annotation file not found: {path!r}") from None
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"annotation file {path!r} is not valid JSON: {e}") from None
 
     def _image_path(self, image: dict) -> str:
         return os.path.join(self.image_dir, image["file_name"])
@@ -137,7 +123,7 @@ class CocoKeypoints(TopDownDataset):
         ), problems
 
     def _detection_records(self, det_file: str, images: dict[int, dict], aspect_ratio: float, threshold: float):
-        dets = self._load_json(det_file)
+        dets = load_json(det_file)
         if not isinstance(dets, list):
             raise DatasetError(f"detection file {det_file!r} must hold a list of detections")
         dets = [d for d in dets if d.get("category_id", PERSON_CATEGORY_ID) == PERSON_CATEGORY_ID

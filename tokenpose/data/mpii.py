@@ -7,7 +7,6 @@ Reference §6.1: c_y += 15 s, s *= 1.25, then center and joints - 1 (to 0-based 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -18,8 +17,9 @@ from tokenpose.data.topdown import (
     DatasetError,
     PersonRecords,
     TopDownDataset,
-    check_image_files,
+    drop_unreadable_images,
     handle_bad_data,
+    load_json,
 )
 from tokenpose.data.transforms import MPII_AUGMENTATION, Augmentation
 
@@ -68,11 +68,7 @@ class MpiiKeypoints(TopDownDataset):
             self.headboxes = hb
         problems = []
         if check_images:
-            bad_files = check_image_files(records.image_paths, decode_images)
-            keep = np.array([p not in bad_files for p in records.image_paths], dtype=bool)
-            problems = [f"{bad_files[p]} (json entry {a})"
-                        for p, a, k in zip(records.image_paths, records.ann_ids, keep) if not k]
-            records = records.select(keep)
+            records, keep, problems = drop_unreadable_images(records, decode_images)
             if self.headboxes is not None:
                 self.headboxes = self.headboxes[keep]
         handle_bad_data(problems, on_bad, f"MPII dataset {self.ann_file!r}")
@@ -83,15 +79,8 @@ class MpiiKeypoints(TopDownDataset):
             on_bad=on_bad,
         )
 
-
     def _load(self, ann_file: str) -> PersonRecords:
-        try:
-            with open(ann_file) as f:
-                entries = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"annotation file not found: {ann_file!r}") from None
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"annotation file {ann_file!r} is not valid JSON: {e}") from None
+        entries = load_json(ann_file)
         if not isinstance(entries, list):
             raise DatasetError(f"{ann_file!r} is not an HRNet-layout MPII file (expected a list of people)")
         j = len(MPII_KEYPOINTS)

@@ -7,6 +7,7 @@ Records are kept as flat numpy arrays so a 150k-person train set stays light in 
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,26 @@ def handle_bad_data(problems: list[str], on_bad: str, what: str) -> None:
             f"{what}: {len(problems)} unusable sample(s) (pass on_bad='skip' to drop them):\n  {shown}"
         )
     warnings.warn(f"{what}: skipped {len(problems)} unusable sample(s):\n  {shown}", stacklevel=3)
+
+
+def load_json(path: str):
+    """Parse an annotation json; errors name the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {path!r}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"annotation file {path!r} is not valid JSON: {e}") from None
+
+
+def drop_unreadable_images(records: PersonRecords, decode: bool) -> tuple[PersonRecords, np.ndarray, list[str]]:
+    """Records whose image file is missing or unreadable removed: (kept records, keep mask, problems)."""
+    bad_files = check_image_files(records.image_paths, decode)
+    keep = np.array([p not in bad_files for p in records.image_paths], dtype=bool)
+    problems = [f"{bad_files[p]} (image id {i}, annotation {a})"
+                for p, i, a, k in zip(records.image_paths, records.image_ids, records.ann_ids, keep) if not k]
+    return records.select(keep), keep, problems
 
 
 class TopDownDataset(Dataset):
