@@ -431,3 +431,17 @@ def test_pckh_bad_input(mpii):
     no_head[2, 9] = 0
     with pytest.raises(ValueError, match=r"head_top and upper_neck.*\[2\]"):
         head_sizes_from_head_segment(joints, no_head)
+
+
+def test_oks_pairs_is_the_diagonal_of_the_matrix():
+    from tokenpose.evaluation.oks import oks_matrix, oks_pairs
+
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 200, (5, 17, 2))
+    b = a + rng.normal(0, 6, a.shape)
+    areas = rng.uniform(2000, 9000, 5)
+    full = np.array([oks_matrix(a[i:i + 1], b[i:i + 1], areas[i:i + 1], areas[i:i + 1])[0, 0] for i in range(5)])
+    assert np.allclose(oks_pairs(a, b, areas), full, rtol=0, atol=1e-12)
+    assert np.allclose(oks_pairs(a, a, areas), 1.0)
+    with pytest.raises(ValueError, match="must pair up"):
+        oks_pairs(a, b[:4], areas)

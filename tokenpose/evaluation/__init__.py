@@ -8,7 +8,7 @@ from tokenpose.evaluation.mpii import (
     head_sizes_from_head_segment,
     pckh,
 )
-from tokenpose.evaluation.oks import oks, oks_matrix, oks_nms
+from tokenpose.evaluation.oks import oks, oks_matrix, oks_nms, oks_pairs
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -19,6 +19,7 @@ __all__ = [
     "head_sizes_from_head_segment",
     "oks",
     "oks_matrix",
+    "oks_pairs",
     "oks_nms",
     "pckh",
     "rescore",

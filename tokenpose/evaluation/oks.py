@@ -89,6 +89,28 @@ def oks_matrix(
     return np.exp(-e).mean(axis=-1)
 
 
+def oks_pairs(
+    poses_a: np.ndarray,
+    poses_b: np.ndarray,
+    areas: np.ndarray | float,
+    sigmas: Sequence[float] | np.ndarray = COCO_SIGMAS,
+) -> np.ndarray:
+    """OKS of each pose in `poses_a` with the pose at the same index in `poses_b`.
+
+    poses_a, poses_b: (N, J, 2|3) pixels; areas: (N,) pixels^2 of each pair (one area, as when two
+    predictions of the same person are compared). Returns (N,) float64: the diagonal of
+    `oks_matrix` without the N x N work.
+    """
+    a = _as_poses(poses_a, "poses_a")
+    b = _as_poses(poses_b, "poses_b")
+    if a.shape != b.shape:
+        raise ValueError(f"poses_a {a.shape} and poses_b {b.shape} must pair up")
+    s = _as_sigmas(sigmas, a.shape[1])
+    area = _as_areas(areas, a.shape[0], "areas") + _EPS
+    d2 = np.sum((a - b) ** 2, axis=-1)  # (N, J)
+    return np.exp(-d2 / ((2.0 * s) ** 2)[None, :] / area[:, None] / 2.0).mean(axis=-1)
+
+
 def oks(
     kpts_a: np.ndarray,
     kpts_b: np.ndarray,

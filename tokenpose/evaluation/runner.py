@@ -29,7 +29,7 @@ from tokenpose.data.transforms import read_image
 from tokenpose.errors import TokenPoseError
 from tokenpose.evaluation.coco import CocoEvaluator
 from tokenpose.evaluation.mpii import head_sizes_from_head_segment, pckh
-from tokenpose.evaluation.oks import oks_matrix
+from tokenpose.evaluation.oks import oks_pairs
 
 __all__ = [
     "EvalDataset", "EvalReport", "ValidationReport", "compare_engines", "evaluate", "open_dataset",
@@ -392,8 +392,7 @@ def compare_engines(
         dist = np.linalg.norm(k_test - k_ref, axis=-1)  # (N, J) image pixels
         oks_mean = oks_min = None
         if data.kind == "coco":
-            values = np.array([oks_matrix(k_test[i:i + 1], k_ref[i:i + 1], areas[i:i + 1], areas[i:i + 1])[0, 0]
-                               for i in range(len(areas))])
+            values = oks_pairs(k_test, k_ref, areas)
             oks_mean, oks_min = float(values.mean()), float(values.min())
         test_metrics, _ = _metrics(data, k_test, mv_test)
         reports.append(ValidationReport(

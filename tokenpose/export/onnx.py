@@ -236,16 +236,13 @@ def compare_heatmaps(
         input_px_per_heatmap_px=config.input_hw[1] / config.heatmap_hw[1],
     )
     if centers is not None and scales is not None and areas is not None and config.num_joints == 17:
-        from tokenpose.data.keypoints import COCO_SIGMAS
         from tokenpose.data.transforms import affine_points, get_affine_transforms
+        from tokenpose.evaluation.oks import oks_pairs
 
         h, w = config.heatmap_hw
         mats = get_affine_transforms(centers, scales, 0.0, (w, h), inv=True)
         img_ref, img_test = affine_points(k_ref, mats), affine_points(k_test, mats)
-        sig = np.asarray(COCO_SIGMAS)
-        d2 = ((img_ref - img_test) ** 2).sum(-1)  # (N, J) pixels^2
-        area = np.maximum(np.asarray(areas, dtype=np.float64), 1.0)[:, None]
-        oks = np.exp(-d2 / ((2 * sig) ** 2 * area * 2)).mean(-1)  # same formula as evaluation.oks
+        oks = oks_pairs(img_test, img_ref, np.maximum(np.asarray(areas, dtype=np.float64), 1.0))
         out.oks_mean, out.oks_min = float(oks.mean()), float(oks.min())
     return out
 
