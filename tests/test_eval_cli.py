@@ -136,13 +136,18 @@ def test_predict_folder_skips_unreadable_images(artifacts, tmp_path):
     assert not (tmp_path / "out" / "000000000785.jpg").exists()
 
 
-def test_predict_video(artifacts, tmp_path):
+def write_clip(path, frames: int):
+    """A short MJPG video of a real coco_mini image repeated `frames` times."""
     frame = cv2.resize(cv2.imread(str(COCO_MINI / "images" / "000000000785.jpg")), (320, 212))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 212))
-    for _ in range(3):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 212))
+    for _ in range(frames):
         writer.write(frame)
     writer.release()
+    return path
+
+
+def test_predict_video(artifacts, tmp_path):
+    video = write_clip(tmp_path / "clip.avi", frames=3)
     res = run("predict", video, "-e", artifacts["pth"], "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     assert "3 frames" in res.output
@@ -225,12 +230,7 @@ def test_predict_queue_is_bounded_by_images_too(artifacts, tmp_path):
 
 
 def test_predict_video_is_renamed_into_place(artifacts, tmp_path):
-    frame = cv2.resize(cv2.imread(str(COCO_MINI / "images" / "000000000785.jpg")), (320, 212))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 212))
-    for _ in range(2):
-        writer.write(frame)
-    writer.release()
+    video = write_clip(tmp_path / "clip.avi", frames=2)
     res = run("predict", video, "-e", artifacts["pth"], "-o", tmp_path / "out", "--batch-size", 1)
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mp4", "results.json"]
