@@ -36,7 +36,7 @@ from tokenpose.data.coco import CocoKeypoints
 from tokenpose.data.heatmaps import HeatmapCodec
 from tokenpose.evaluation.coco import CocoEvaluator
 from tokenpose.export.calibration import load_calibration_set
-from tokenpose.export.manifest import library_versions
+from tokenpose.manifest import library_versions
 from tokenpose.export.onnx import (
     check_graph,
     compare_heatmaps,

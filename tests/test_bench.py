@@ -197,7 +197,7 @@ def test_cached_artifacts_must_cover_the_requested_run(tmp_path):
     # A cached model is reused only when it was made from the same weights and its batch range
     # (fixed in an engine profile) covers the largest batch asked for.
     from tokenpose.bench.harness import _cached_artifact
-    from tokenpose.export.manifest import BatchRange, sha256_file
+    from tokenpose.manifest import BatchRange, sha256_file
     from tokenpose.export.pipeline import ExportOptions, export_model
 
     weights = tmp_path / "w.pth"

@@ -131,7 +131,7 @@ def _cache_key(cfg) -> str:
     h = hashlib.sha256()
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{cfg!r}|{BATCH_RANGE}|seed0".encode())
     for path in sorted((ROOT / "tokenpose" / "models").glob("*.py")) + [
-        ROOT / "tokenpose" / "export" / "aoti.py", ROOT / "tokenpose" / "export" / "manifest.py",
+        ROOT / "tokenpose" / "export" / "aoti.py", ROOT / "tokenpose" / "manifest.py",
     ]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -452,7 +452,7 @@ def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
 def test_aoti_engine_follows_the_engine_protocol(engine, tiny_pt2, tmp_path):
     from tokenpose.engines.base import Engine
     from tokenpose.errors import InputShapeError
-    from tokenpose.export.manifest import ManifestError
+    from tokenpose.manifest import ManifestError
 
     assert isinstance(engine, Engine)
     assert (engine.name, engine.precision, engine.max_batch) == ("aoti", "fp32", 16)

@@ -245,7 +245,7 @@ def test_onnx_engine_reports_min_batch(artifacts):
 
 
 def _fake_artifact(folder: Path, name: str, fmt: str, precision: str = "fp32", **fields) -> Path:
-    from tokenpose.export.manifest import BatchRange, Manifest, write_manifest
+    from tokenpose.manifest import BatchRange, Manifest, write_manifest
 
     art = folder / name
     art.write_bytes(b"not a real " + fmt.encode())
@@ -329,8 +329,7 @@ def test_cudart_is_imported_from_cuda_bindings_first_then_the_legacy_module(monk
     import sys
     import types
 
-    from tokenpose.engines import cuda as cuda_helper
-    from tokenpose.export import tensorrt as trt_export
+    from tokenpose import cuda as cuda_helper
 
     new, old = _fake_cudart("cuda.bindings.runtime"), _fake_cudart("cuda.cudart")
     pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
@@ -343,7 +342,7 @@ def test_cudart_is_imported_from_cuda_bindings_first_then_the_legacy_module(monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cuda_helper.import_cudart() is new
     # the builder (what a manifest records) and the loader (what it is checked against) agree
-    assert trt_export.gpu_name() == cuda_helper.gpu_name() == "NVIDIA Fake GPU"
+    assert cuda_helper.gpu_name() == "NVIDIA Fake GPU"
     assert cuda_helper.gpu_name(3) is None
     # cuda-python 13 has no cuda.cudart; cuda-python < 12.6 has no cuda.bindings
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
@@ -355,8 +354,8 @@ def test_cudart_is_imported_from_cuda_bindings_first_then_the_legacy_module(monk
 
 
 def test_engine_manifest_without_gpu_or_unreadable_gpu_is_an_error(tmp_path, monkeypatch):
-    from tokenpose.engines import cuda as cuda_helper
-    from tokenpose.export.manifest import (
+    from tokenpose import cuda as cuda_helper
+    from tokenpose.manifest import (
         ManifestError,
         read_manifest,
         verify_manifest,
@@ -387,7 +386,7 @@ def test_engine_manifest_without_gpu_or_unreadable_gpu_is_an_error(tmp_path, mon
 def test_onnx_model_without_metadata_props_is_a_mismatch(artifacts, tmp_path):
     import onnx
 
-    from tokenpose.export.manifest import (
+    from tokenpose.manifest import (
         ManifestError,
         read_manifest,
         verify_manifest,
@@ -481,9 +480,9 @@ class _FakeCudaEngine:
 
 
 def test_tensorrt_engine_allocates_once_and_frees_on_close(tmp_path, monkeypatch):
-    from tokenpose.engines import cuda as cuda_helper
+    from tokenpose import cuda as cuda_helper
     from tokenpose.engines.tensorrt_engine import TensorRTEngine
-    from tokenpose.export.manifest import read_manifest
+    from tokenpose.manifest import read_manifest
     from tokenpose.models.config import get_config
 
     cudart = _fake_cudart("cuda.bindings.runtime")

@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tokenpose.data.keypoints import COCO_SIGMAS
+from tokenpose.keypoints import COCO_SIGMAS
 from tokenpose.evaluation import (
     COCO_STAT_NAMES,
     MEAN_AT_0_1_THRESHOLD,

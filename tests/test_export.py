@@ -32,7 +32,7 @@ from tokenpose.export import (
     read_manifest,
     verify_manifest,
 )
-from tokenpose.export.manifest import Manifest, sha256_file, write_manifest
+from tokenpose.manifest import Manifest, sha256_file, write_manifest
 from tokenpose.export.onnx import (
     FORBIDDEN_OPS,
     check_graph,

@@ -20,9 +20,10 @@ from tokenpose.export import (
     export_model,
     verify_manifest,
 )
-from tokenpose.export.manifest import read_manifest
+from tokenpose.manifest import read_manifest
 from tokenpose.export.onnx import ort_session
-from tokenpose.export.tensorrt import build_engine, gpu_name
+from tokenpose.cuda import gpu_name
+from tokenpose.export.tensorrt import build_engine
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 if not torch.cuda.is_available():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tokenpose.data.heatmaps import HeatmapCodec, gaussian_blur_maps
-from tokenpose.data.keypoints import COCO_FLIP_PAIRS
+from tokenpose.keypoints import COCO_FLIP_PAIRS
 from tokenpose.data.transforms import (
     affine_points,
     get_affine_transform,

@@ -24,13 +24,13 @@ from tokenpose.data.transforms import (
     read_image,
 )
 from tokenpose.engines import PosePrediction, PosePredictor, load_engine
-from tokenpose.engines.detector import (
+from tokenpose.predict.detector import (
     WHOLE_IMAGE_SCORE,
     HogPersonDetector,
     detect_people,
     hog_available,
 )
-from tokenpose.engines.drawing import draw_poses
+from tokenpose.predict.drawing import draw_poses
 from tokenpose.engines.torch_engine import TorchEngine
 from tokenpose.errors import InputShapeError, TokenPoseError
 from tokenpose.evaluation import CocoEvaluator

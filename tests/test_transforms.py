@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenpose.data.keypoints import COCO_FLIP_PAIRS, MEAN_RGB, STD_RGB
+from tokenpose.keypoints import COCO_FLIP_PAIRS, MEAN_RGB, STD_RGB
 from tokenpose.data.transforms import (
     COCO_AUGMENTATION,
     ImageReadError,

@@ -393,7 +393,7 @@ def _gpu_info() -> dict[str, Any] | None:
 def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
-    from tokenpose.export.manifest import library_versions
+    from tokenpose.manifest import library_versions
 
     out = dict(library_versions())
     for dist in ("numpy", "opencv-python-headless", "matplotlib"):
@@ -637,7 +637,7 @@ def _cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> b
     """True when `path` and its manifest exist, match, and were made from these weights with what
     this run asks for: a batch range up to its largest batch (an engine profile is fixed at build
     time) and, for INT8, the same calibration data and size."""
-    from tokenpose.export.manifest import verify_manifest
+    from tokenpose.manifest import verify_manifest
 
     if not path.is_file():
         return False
@@ -666,7 +666,7 @@ def prepare_engines(settings: BenchSettings, variant: str, log: Callable[[str], 
                     ) -> tuple[list[_Prepared], list[SkippedEngine]]:
     """Make (export if needed) and open every engine `settings.engines` names for `variant`."""
     from tokenpose.engines.base import load_engine
-    from tokenpose.export.manifest import BatchRange, sha256_file
+    from tokenpose.manifest import BatchRange, sha256_file
     from tokenpose.export.pipeline import (
         ExportOptions,
         artifact_name,

@@ -16,7 +16,7 @@ from tokenpose.cli.common import (
     friendly_errors,
     standalone,
 )
-from tokenpose.export.manifest import BatchRange
+from tokenpose.manifest import BatchRange
 from tokenpose.export.pipeline import ExportOptions, export_model
 from tokenpose.export.precision import INT8_CALIBRATION_METHODS, Int8Settings
 from tokenpose.export.tensorrt import TensorRTError

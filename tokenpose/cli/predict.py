@@ -2,7 +2,7 @@
 
 Person boxes come from `--boxes` (a COCO detection-results json, or {file name: [[x, y, w, h,
 score?], ...]}) or, without it, from OpenCV's built-in HOG people detector (no download; upright
-people only, see `tokenpose.engines.detector`), falling back to the whole image when it finds
+people only, see `tokenpose.predict.detector`), falling back to the whole image when it finds
 nobody. Writes the drawn images (or video) and `results.json` (COCO keypoint results) to --out.
 """
 
@@ -157,11 +157,11 @@ class Run:
 
     def __init__(self, predictor, boxes: BoxSource | None, out: Path, keypoint_threshold: float,
                  person_threshold: float, draw: bool) -> None:
-        from tokenpose.engines.detector import HogPersonDetector
+        from tokenpose.predict.detector import HogPersonDetector
 
         self.predictor = predictor
         self.box_source = boxes
-        from tokenpose.engines.detector import HOG_MISSING, hog_available
+        from tokenpose.predict.detector import HOG_MISSING, hog_available
 
         self.detector = HogPersonDetector() if boxes is None else None
         if boxes is None and not hog_available():
@@ -182,7 +182,7 @@ class Run:
         box_id: the id that image_id-keyed detections are matched with (None: the image has none;
         default: image_id). An image without boxes and nothing queued before it is handled at once.
         """
-        from tokenpose.engines.detector import detect_people
+        from tokenpose.predict.detector import detect_people
 
         if self.box_source is not None:
             boxes, scores = self.box_source.boxes(name, image_id if box_id is _SAME_ID else box_id)
@@ -201,7 +201,7 @@ class Run:
             self.flush(sink)
 
     def flush(self, sink) -> None:
-        from tokenpose.engines.drawing import draw_poses
+        from tokenpose.predict.drawing import draw_poses
 
         if not self.pending:
             return

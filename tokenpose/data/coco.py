@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tokenpose.data.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS, COCO_UPPER_BODY
+from tokenpose.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS, COCO_UPPER_BODY
 from tokenpose.data.topdown import (
     DatasetError,
     PersonRecords,

@@ -25,7 +25,7 @@ from tokenpose.data.transforms import (
     get_affine_transforms,
 )
 
-__all__ = ["HeatmapCodec", "gaussian_blur_maps", "flip_test_average"]
+__all__ = ["HeatmapCodec", "flip_test_average", "gaussian_blur_maps", "rescore"]
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -210,3 +210,30 @@ class HeatmapCodec:
     def flip_test(self, heatmaps, heatmaps_of_flipped, flip_pairs: Sequence[Sequence[int]]):
         """Official flip-test average of (B, J, h, w) heatmaps and those of the mirrored input."""
         return flip_test_average(heatmaps, heatmaps_of_flipped, flip_pairs)
+
+
+def rescore(maxvals: np.ndarray, box_scores: np.ndarray, in_vis_thre: float = 0.2) -> np.ndarray:
+    """Official person rescoring.
+
+    Args:
+        maxvals: (N, J) or (N, J, 1) heatmap maxima per joint (unitless confidences).
+        box_scores: (N,) person-box scores (1 for ground-truth boxes).
+        in_vis_thre: joints with maxval > this count towards the keypoint score.
+
+    Returns:
+        (N,) float64 scores: mean of the maxvals above `in_vis_thre` (0 if there are none)
+        times the box score.
+    """
+    m = np.asarray(maxvals, dtype=np.float64)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"maxvals must have shape (N, J) or (N, J, 1), got {np.shape(maxvals)}")
+    b = np.asarray(box_scores, dtype=np.float64)
+    if b.shape != (m.shape[0],):
+        raise ValueError(f"box_scores must have shape ({m.shape[0]},), got {b.shape}")
+    valid = m > in_vis_thre
+    count = valid.sum(axis=1)
+    total = np.where(valid, m, 0.0).sum(axis=1)
+    kpt_score = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return kpt_score * b

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tokenpose.data.keypoints import MPII_FLIP_PAIRS, MPII_KEYPOINTS, MPII_UPPER_BODY
+from tokenpose.keypoints import MPII_FLIP_PAIRS, MPII_KEYPOINTS, MPII_UPPER_BODY
 from tokenpose.data.topdown import (
     DatasetError,
     PersonRecords,

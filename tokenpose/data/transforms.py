@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tokenpose.data.keypoints import MEAN_RGB, PIXEL_STD, STD_RGB
+from tokenpose.keypoints import MEAN_RGB, PIXEL_STD, STD_RGB
 
 FlipPairs = Sequence[Sequence[int]]
 

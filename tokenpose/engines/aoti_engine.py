@@ -57,7 +57,7 @@ class AotiEngine:
 
         from tokenpose.engines.onnx_engine import check_precision, config_from_manifest
         from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.export.manifest import read_manifest, verify_manifest
+        from tokenpose.manifest import read_manifest, verify_manifest
 
         precision = unused.pop("precision", None)
         compile_ = unused.pop("compile", None)

@@ -1,6 +1,6 @@
 """ONNX Runtime engine: an exported `.onnx` model (FP32, FP16 or INT8 Q/DQ) with its manifest.
 
-Loading verifies the manifest beside the model (`tokenpose.export.manifest.verify_manifest`:
+Loading verifies the manifest beside the model (`tokenpose.manifest.verify_manifest`:
 presence, sha256, metadata_props) and then checks the session's input/output names and shapes
 against it, so a model and a manifest that do not belong together fail at load time, not as
 wrong keypoints later.
@@ -32,7 +32,7 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 def config_from_manifest(manifest, artifact: Path) -> ModelConfig:
     """The variant's ModelConfig, checked against the sizes the manifest records."""
-    from tokenpose.export.manifest import ManifestError
+    from tokenpose.manifest import ManifestError
 
     try:
         cfg = get_config(manifest.variant)
@@ -54,7 +54,7 @@ def runtime_config(manifest, artifact: Path) -> ModelConfig:
     research): only the fields an engine and the predictor use (sizes, joints, dataset, sigma)
     are real; the architecture fields are placeholders, since the artifact carries the network.
     """
-    from tokenpose.export.manifest import ManifestError
+    from tokenpose.manifest import ManifestError
 
     try:
         cfg = ModelConfig(
@@ -150,7 +150,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.export.manifest import read_manifest, verify_manifest
+        from tokenpose.manifest import read_manifest, verify_manifest
 
         precision = unused.pop("precision", None)
         _reject_options(unused, "onnxruntime")

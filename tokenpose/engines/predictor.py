@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenpose.data.heatmaps import HeatmapCodec
+from tokenpose.data.heatmaps import HeatmapCodec, rescore
 from tokenpose.data.transforms import (
     box_to_center_scale,
     flip_back_heatmaps,
@@ -30,7 +30,6 @@ from tokenpose.data.transforms import (
 )
 from tokenpose.engines.base import Engine, engine_min_batch, pad_batch
 from tokenpose.errors import InputShapeError, TokenPoseError
-from tokenpose.evaluation.coco import rescore
 
 ImageLike = np.ndarray | str | os.PathLike
 

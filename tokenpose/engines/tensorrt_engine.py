@@ -3,7 +3,7 @@
 Uses the TensorRT 10 named-tensor API: `set_input_shape`, `set_tensor_address` and
 `execute_async_v3` on one CUDA stream. Device buffers for the profile's largest batch are allocated
 once when the engine is opened (torch CUDA tensors when PyTorch has CUDA, else allocations through
-cuda-python, `tokenpose.engines.cuda.import_cudart`) and their addresses set once; a call sets
+cuda-python, `tokenpose.cuda.import_cudart`) and their addresses set once; a call sets
 only the input shape, copies in, runs and copies out. `close()` (or garbage collection) frees them.
 The batch of every call is checked against the engine's optimisation profile before TensorRT sees it.
 Loading verifies the manifest (sha256, TensorRT version and GPU of the build).
@@ -89,7 +89,7 @@ class _CudaPythonBuffers:
             self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
 
     def __init__(self) -> None:
-        from tokenpose.engines.cuda import import_cudart
+        from tokenpose.cuda import import_cudart
 
         cudart = import_cudart()
         if cudart is None:
@@ -103,7 +103,7 @@ class _CudaPythonBuffers:
         self.stream = self._check(cudart.cudaStreamCreate())
 
     def _check(self, result):
-        from tokenpose.engines.cuda import cuda_ok
+        from tokenpose.cuda import cuda_ok
 
         err, *rest = result if isinstance(result, tuple) else (result,)
         if not cuda_ok(self.cudart, err):
@@ -235,7 +235,7 @@ class TensorRTEngine:
         """Deserialise `path` after verifying its manifest `path.json`."""
         from tokenpose.engines.onnx_engine import check_precision, config_from_manifest
         from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.export.manifest import read_manifest, verify_manifest
+        from tokenpose.manifest import read_manifest, verify_manifest
 
         precision = unused.pop("precision", None)
         device = unused.pop("device", None)

@@ -139,7 +139,7 @@ class TorchEngine:
         return engine
 
     def _manifest(self, path: Path | None, ckpt: Mapping | None) -> dict[str, Any]:
-        from tokenpose.export.manifest import Manifest, sha256_file
+        from tokenpose.manifest import Manifest, sha256_file
 
         digest = sha256_file(path) if path is not None else ""
         batch = {"min": 1, "opt": self.max_batch or 1, "max": self.max_batch or 0}

@@ -24,7 +24,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tokenpose.data.keypoints import COCO_SIGMAS, PIXEL_STD
+from tokenpose.keypoints import COCO_SIGMAS, PIXEL_STD
+from tokenpose.data.heatmaps import rescore
 from tokenpose.evaluation.oks import oks_nms
 from tokenpose.files import atomic_write
 
@@ -34,33 +35,6 @@ __all__ = ["COCO_STAT_NAMES", "CocoEvaluator", "rescore"]
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl",
 )
-
-
-def rescore(maxvals: np.ndarray, box_scores: np.ndarray, in_vis_thre: float = 0.2) -> np.ndarray:
-    """Official person rescoring.
-
-    Args:
-        maxvals: (N, J) or (N, J, 1) heatmap maxima per joint (unitless confidences).
-        box_scores: (N,) person-box scores (1 for ground-truth boxes).
-        in_vis_thre: joints with maxval > this count towards the keypoint score.
-
-    Returns:
-        (N,) float64 scores: mean of the maxvals above `in_vis_thre` (0 if there are none)
-        times the box score.
-    """
-    m = np.asarray(maxvals, dtype=np.float64)
-    if m.ndim == 3 and m.shape[2] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"maxvals must have shape (N, J) or (N, J, 1), got {np.shape(maxvals)}")
-    b = np.asarray(box_scores, dtype=np.float64)
-    if b.shape != (m.shape[0],):
-        raise ValueError(f"box_scores must have shape ({m.shape[0]},), got {b.shape}")
-    valid = m > in_vis_thre
-    count = valid.sum(axis=1)
-    total = np.where(valid, m, 0.0).sum(axis=1)
-    kpt_score = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return kpt_score * b
 
 
 class CocoEvaluator:

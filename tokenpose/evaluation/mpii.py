@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenpose.data.keypoints import MPII_KEYPOINTS
+from tokenpose.keypoints import MPII_KEYPOINTS
 
 __all__ = [
     "HEAD_SIZE_FACTOR",

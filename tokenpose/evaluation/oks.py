@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tokenpose.data.keypoints import COCO_SIGMAS
+from tokenpose.keypoints import COCO_SIGMAS
 
 __all__ = ["oks", "oks_matrix", "oks_nms"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tokenpose.data.coco import CocoKeypoints, PersonRecords
-from tokenpose.data.keypoints import PIXEL_STD
+from tokenpose.keypoints import PIXEL_STD
 from tokenpose.data.mpii import MpiiKeypoints
 from tokenpose.data.roots import DataRootError, resolve_data_files
 from tokenpose.data.transforms import read_image

@@ -10,7 +10,7 @@ from tokenpose.export.calibration import (
     CalibrationSet,
     load_calibration_set,
 )
-from tokenpose.export.manifest import (
+from tokenpose.manifest import (
     BatchRange,
     Manifest,
     ManifestError,

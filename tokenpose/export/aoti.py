@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tokenpose.errors import TokenPoseError
-from tokenpose.export.manifest import BatchRange, Manifest, sha256_file, write_manifest
+from tokenpose.manifest import BatchRange, Manifest, sha256_file, write_manifest
 from tokenpose.models.config import ModelConfig
 
 __all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti"]

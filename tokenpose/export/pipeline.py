@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenpose.export.calibration import CalibrationSet, load_calibration_set
-from tokenpose.export.manifest import (
+from tokenpose.manifest import (
     BatchRange,
     Manifest,
     manifest_path,

@@ -24,15 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenpose.cuda import gpu_name
 from tokenpose.errors import TokenPoseError
-from tokenpose.export.manifest import BatchRange
 from tokenpose.files import atomic_write
+from tokenpose.manifest import BatchRange
 
 __all__ = [
     "EngineBuildResult",
     "TensorRTError",
     "build_engine",
-    "gpu_name",
     "layer_datatype",
     "profile_shapes",
     "summarize_layer_precisions",
@@ -59,16 +59,6 @@ def tensorrt_unavailable_reason() -> str | None:
     except Exception as exc:  # noqa: BLE001 - a broken install: missing CUDA libraries raise OSError etc.
         return f"tensorrt cannot be imported: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
-
-
-def gpu_name(device: int = 0) -> str | None:
-    """Name of CUDA device `device` (torch CUDA, else cuda-python's `cuda.bindings.runtime` /
-    legacy `cuda.cudart`), or None when it cannot be read. One helper for the builder (what an
-    engine's manifest records) and the loader (what it is checked against):
-    `tokenpose.engines.cuda.gpu_name`."""
-    from tokenpose.engines.cuda import gpu_name as _gpu_name
-
-    return _gpu_name(device)
 
 
 def profile_shapes(batch: BatchRange, input_hw: tuple[int, int], channels: int = 3) -> dict[str, tuple[int, ...]]:

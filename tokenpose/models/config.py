@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from tokenpose.data.keypoints import (
+from tokenpose.keypoints import (
     COCO_FLIP_PAIRS,
     COCO_KEYPOINTS,
     MPII_FLIP_PAIRS,

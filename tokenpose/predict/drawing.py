@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from tokenpose.data.keypoints import COCO_SKELETON, MPII_SKELETON
+from tokenpose.keypoints import COCO_SKELETON, MPII_SKELETON
 
 # BGR colours (OpenCV order).
 FACE = (255, 153, 51)

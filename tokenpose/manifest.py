@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenpose.data.keypoints import MEAN_RGB, STD_RGB
+from tokenpose.keypoints import MEAN_RGB, STD_RGB
+from tokenpose import cuda
 from tokenpose.errors import TokenPoseError
 from tokenpose.files import atomic_write
 from tokenpose.models.config import ModelConfig, get_config
@@ -165,13 +166,21 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _package_version() -> str:
+    """tokenpose's installed version, read from the package metadata (not by importing the package)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tokenpose")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries that shape an artifact; None for one that is not installed."""
     from importlib import metadata
 
-    import tokenpose
-
-    out: dict[str, str | None] = {"tokenpose": tokenpose.__version__}
+    out: dict[str, str | None] = {"tokenpose": _package_version()}
     # opencv: the crop's pixel arithmetic differs between OpenCV 4 and 5; the C++ example reads it.
     for name, dist in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
                        ("onnxslim", "onnxslim"), ("onnxconverter_common", "onnxconverter-common"),
@@ -302,9 +311,7 @@ def verify_manifest(
                 "GPU: rebuild the engine (the build records the GPU through PyTorch CUDA or cuda-python)"
             )
         if gpu_now is None:
-            from tokenpose.engines.cuda import gpu_name
-
-            gpu_now = gpu_name()
+            gpu_now = cuda.gpu_name()
         if not gpu_now:
             raise ManifestError(
                 f"{artifact} was built for GPU {manifest.gpu!r}, but this machine's GPU name cannot be read "
