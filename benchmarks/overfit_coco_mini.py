@@ -13,7 +13,7 @@ Writes benchmarks/results/overfit_<name>.json and overfit_<name>.pth. The .pth h
 under `state_dict` (official layout) and the architecture under `model_config`:
 
     from tokenpose.models.checkpoints import read_checkpoint
-    from tokenpose.training.trainer import model_config_from_checkpoint
+    from tokenpose.training.checkpointing import model_config_from_checkpoint
     ckpt = read_checkpoint("benchmarks/results/overfit_t-mini.pth")
     model = create_model(model_config_from_checkpoint(ckpt), checkpoint="benchmarks/results/overfit_t-mini.pth")
 """
@@ -37,7 +37,8 @@ from tokenpose.data.coco import CocoKeypoints
 from tokenpose.data.roots import resolve_data_files
 from tokenpose.models.config import VARIANTS, get_config
 from tokenpose.training.config import TrainConfig
-from tokenpose.training.trainer import Trainer, evaluate_coco
+from tokenpose.training.datasets import evaluate_coco
+from tokenpose.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 COCO_MINI = ROOT / "tests" / "fixtures" / "coco_mini"

@@ -75,7 +75,7 @@ def load_model(checkpoint: Path | None, variant: str):
         return create_model(cfg), cfg, "random init (no checkpoint found: figures are meaningless)"
     ckpt = read_checkpoint(checkpoint)
     if isinstance(ckpt, dict) and "model_config" in ckpt:
-        from tokenpose.training.trainer import model_config_from_checkpoint
+        from tokenpose.training.checkpointing import model_config_from_checkpoint
 
         cfg = model_config_from_checkpoint(ckpt)
     else:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build dependencies of the C++ example (cpp/) and its parity test (tests/test_cpp.py) on
-# Debian/Ubuntu: a C++17 compiler, CMake, and the OpenCV modules + JSON library it links.
+# Debian/Ubuntu: a C++17 compiler, CMake, and the OpenCV modules, JSON library and OpenSSL (the
+# manifest's SHA-256 through EVP) it links.
 # libtorch comes from the torch wheel in the virtual environment, TensorRT from NVIDIA's image.
 # Only the three OpenCV modules are installed: the libopencv-dev meta package pulls ~200 packages
 # (VTK, Qt, GStreamer...) that the example never uses. Does nothing when everything is present.
 set -euo pipefail
 
-packages=(libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev nlohmann-json3-dev)
+packages=(libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev nlohmann-json3-dev libssl-dev)
 command -v cmake >/dev/null 2>&1 || packages+=(cmake)
 command -v c++ >/dev/null 2>&1 || packages+=(g++)
 command -v make >/dev/null 2>&1 || command -v ninja >/dev/null 2>&1 || packages+=(make)

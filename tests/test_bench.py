@@ -12,14 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tokenpose.bench.harness import (
-    SCHEMA,
-    BenchError,
-    BenchSettings,
-    latency_stats,
-    parse_batches,
-    parse_names,
-)
+from tokenpose.bench.results import SCHEMA, latency_stats
+from tokenpose.bench.settings import BenchError, BenchSettings, parse_batches, parse_names
 from tokenpose.cli.bench import command
 from tokenpose.cli.common import standalone
 from tokenpose.models.checkpoints import save_weights
@@ -196,7 +190,7 @@ def test_named_torch_engine_is_made_on_demand(tmp_path):
 def test_cached_artifacts_must_cover_the_requested_run(tmp_path):
     # A cached model is reused only when it was made from the same weights and its batch range
     # (fixed in an engine profile) covers the largest batch asked for.
-    from tokenpose.bench.harness import _cached_artifact
+    from tokenpose.bench.preparation import cached_artifact as _cached_artifact
     from tokenpose.manifest import BatchRange, sha256_file
     from tokenpose.export.pipeline import ExportOptions, export_model
 
@@ -212,3 +206,24 @@ def test_cached_artifacts_must_cover_the_requested_run(tmp_path):
     assert _cached_artifact(onnx, sha, BenchSettings(batches=[1, 4]))
     assert not _cached_artifact(onnx, sha, BenchSettings(batches=[1, 8]))
     assert not _cached_artifact(onnx, "0" * 64, BenchSettings(batches=[1]))
+
+
+
+def test_pipeline_scenes_from_coco_json_and_synthetic(tmp_path):
+    """--pipeline-data names real images and boxes; without it the scenes are seeded synthetic ones."""
+    from tokenpose.bench.pipeline import pipeline_scenes, synthetic_scenes
+
+    coco_json = Path(__file__).parent / "fixtures" / "coco_mini" / "annotations" / "person_keypoints_mini.json"
+    for scenes in (pipeline_scenes(coco_json, persons=5, count=2), synthetic_scenes(persons=5, count=2)):
+        assert len(scenes) == 2
+        for image, boxes in scenes:
+            h, w = image.shape[:2]
+            assert image.dtype == np.uint8 and image.shape[2] == 3 and boxes.shape == (5, 4)
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] >= 2).all()
+            assert (boxes[:, 0] + boxes[:, 2] <= w).all() and (boxes[:, 1] + boxes[:, 3] <= h).all()
+    first, second = synthetic_scenes(persons=5, count=1, seed=3), synthetic_scenes(persons=5, count=1, seed=3)
+    assert np.array_equal(first[0][0], second[0][0]) and np.array_equal(first[0][1], second[0][1])
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(BenchError, match="empty.json: no person boxes"):
+        pipeline_scenes(empty, persons=1, count=1)

@@ -9,12 +9,16 @@ with their ground-truth boxes, and compares it with `PosePredictor(AotiEngine)`:
 * decoding (argmax + DARK + inverse affine) of the same heatmaps: equal to 1e-9 px;
 * end to end, keypoints within 0.01 px, scores and person scores within 1e-5, with `--warp` as the
   Python cv2 needs it and with the program's default (which must pick the same by itself);
-* loading checks the manifest: a tampered package is refused (sha256, checked against hashlib);
+* loading checks the manifest: a tampered package is refused (sha256 through OpenSSL, whose
+  `--print-sha256` equals hashlib's);
+* pre-processing follows the manifest's mean/std: a package whose manifest records other statistics
+  gets crops normalised with them (against numpy by hand and against Python's PosePredictor);
+  a manifest with unusable statistics or another colour order is refused;
 * a package exported with a minimum batch of 2 (cached like the first): chunks below it are padded;
 * bad input (missing files, bad JSON, empty or malformed boxes, broken model): exit status 1 or 2
   and a one-line message, never a crash.
 
-Skipped only when cmake, a C++ compiler or the OpenCV / nlohmann-json development files are
+Skipped only when cmake, a C++ compiler or the OpenCV / nlohmann-json / OpenSSL development files are
 missing (scripts/install_cpp_deps.sh installs them); with TOKENPOSE_REQUIRE_CPP=1 (CI) a missing
 dependency is a failure instead.
 """
@@ -107,7 +111,7 @@ def cpp_binary() -> Path:
             if done.returncode != 0:
                 text = done.stdout + done.stderr
                 shutil.rmtree(BUILD, ignore_errors=True)
-                for dep in ("OpenCV", "nlohmann/json"):
+                for dep in ("OpenCV", "nlohmann/json", "OpenSSL"):
                     if f"tokenpose: {dep}" in text:
                         _missing(f"the {dep} development files are not installed")
                 pytest.fail(f"cmake configure failed:\n{text[-4000:]}")
@@ -329,20 +333,77 @@ def test_cpp_default_warp_follows_the_manifest(cpp_binary, tiny_pt2, tmp_path):
         assert got["crop_warp"] == ("opencv" if int(linked.split(".")[0]) < 5 else "float")
 
 
-def test_cpp_sha256_equals_hashlib(cpp_binary, tiny_pt2, tmp_path):
-    """The self-written SHA-256 that checks the manifest, against hashlib: the package (several 1 MiB
-    chunks), and sizes around the 64-byte block and 56-byte padding boundaries and a chunk edge."""
-    rng = np.random.default_rng(0)
-    files = [tiny_pt2, Path(f"{tiny_pt2}.json")]
-    for size in (0, 3, 55, 56, 63, 64, 65, 119, 120, 1000, (1 << 20) + 7):
-        path = tmp_path / f"r{size}.bin"
-        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        files.append(path)
+def test_cpp_print_sha256_matches_hashlib_and_the_manifest(cpp_binary, tiny_pt2, tmp_path):
+    """`--print-sha256` (OpenSSL's digest behind the manifest check) prints what hashlib and the
+    manifest say, for the package (several 1 MiB read chunks) and an empty file."""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    files = [tiny_pt2, Path(f"{tiny_pt2}.json"), empty]
     done = _run([str(cpp_binary), "--print-sha256", *map(str, files)], timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines == [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f}" for f in files]
     assert lines[0].split()[0] == json.loads(Path(f"{tiny_pt2}.json").read_text())["sha256"]
+
+
+OTHER_MEAN_RGB = [0.5, 0.4, 0.3]
+OTHER_STD_RGB = [0.2, 0.25, 0.3]
+
+
+def test_cpp_normalises_with_the_manifest_mean_std(cpp_binary, tiny_pt2, tmp_path):
+    """A package whose manifest records other mean/std: the C++ model input is the crop normalised
+    with those (numpy by hand: RGB, / 255, (x - mean) / std, in float32), equal to what Python's
+    PosePredictor feeds the same package, and not the ImageNet normalisation."""
+    import cv2
+
+    from tokenpose.data.transforms import get_affine_transforms, normalize_image, read_image
+    from tokenpose.engines.aoti_engine import AotiEngine
+    from tokenpose.engines.predictor import PosePredictor
+
+    model = _with_manifest(tiny_pt2, tmp_path / "stats", mean_rgb=OTHER_MEAN_RGB, std_rgb=OTHER_STD_RGB)
+    name, boxes, _ = _cases()[0]
+    image_path = COCO_MINI / "images" / name
+    got, dump_in, _ = _run_cpp(cpp_binary, model, image_path, boxes[:3], tmp_path / "run")
+    assert got["mean_rgb"] == pytest.approx(OTHER_MEAN_RGB) and got["std_rgb"] == pytest.approx(OTHER_STD_RGB)
+    people = got["people"]
+    h, w = json.loads(Path(f"{model}.json").read_text())["input_hw"]
+    cpp_input = np.fromfile(dump_in, dtype="<f4").reshape(len(people), 3, h, w)
+
+    image = read_image(image_path)
+    mats = get_affine_transforms(np.array([p["center"] for p in people]), np.array([p["scale"] for p in people]),
+                                 0.0, (w, h))
+    crops = np.stack([cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=0) for m in mats])
+    rgb = crops[..., ::-1].astype(np.float32) / np.float32(255.0)
+    by_hand = np.moveaxis((rgb - np.float32(OTHER_MEAN_RGB)) / np.float32(OTHER_STD_RGB), -1, 1)
+    np.testing.assert_array_equal(cpp_input, by_hand)
+    assert np.abs(cpp_input - normalize_image(crops, bgr=True)).max() > 0.1  # the statistics do matter
+
+    predictor = PosePredictor(AotiEngine.from_file(model))
+    py_input = predictor.crops([image], np.zeros(len(people), dtype=np.int64),
+                               np.array([p["center"] for p in people]), np.array([p["scale"] for p in people]))
+    np.testing.assert_array_equal(cpp_input, py_input)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"std_rgb": [0.2, 0.0, 0.3]}, "'std_rgb' must hold 3 positive finite numbers"),
+    ({"mean_rgb": [0.5, "0.4", 0.3]}, "'mean_rgb' must hold 3 finite numbers"),
+    ({"mean_rgb": [0.5, 0.4]}, "'mean_rgb' must hold 3 finite numbers"),
+    ({"color_order": "BGR"}, 'color_order "BGR" is not supported'),
+], ids=["zero std", "string mean", "two means", "BGR"])
+def test_cpp_refuses_unusable_normalisation_in_the_manifest(cpp_binary, tiny_pt2, tmp_path, changes, message):
+    """Statistics that cannot normalise a crop, or a colour order the pre-processing does not produce:
+    exit status 1, one line naming the manifest and the key; nothing on stdout."""
+    model = _with_manifest(tiny_pt2, tmp_path / "bad", **changes)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("[[100, 50, 120, 240]]")
+    done = _run([str(cpp_binary), "--model", str(model), str(COCO_MINI / "images" / IMAGES[0]), str(boxes)],
+                timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tokenpose_cpp: error: manifest {model}.json: "), done.stderr
+    assert message in lines[0], done.stderr
+    assert done.stdout == ""
 
 
 def test_cpp_refuses_a_model_that_does_not_match_its_manifest(cpp_binary, tiny_pt2, tmp_path):

@@ -26,7 +26,8 @@ from tokenpose.models.config import VARIANTS
 from tokenpose.training.config import TrainConfig
 from tokenpose.training.distributed import ResumableSampler
 from tokenpose.training.loss import JointsMSELoss
-from tokenpose.training.trainer import Trainer, read_metrics, train
+from tokenpose.training.checkpointing import read_metrics
+from tokenpose.training.trainer import Trainer, train
 
 TINY = dataclasses.replace(
     VARIANTS["t"], name="t-tiny", input_hw=(64, 48), heatmap_hw=(16, 12), patch_hw=(8, 6),

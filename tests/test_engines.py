@@ -162,7 +162,7 @@ def test_onnx_engine_with_changed_file(artifacts, tmp_path):
         load_engine(copy)
 
 
-def _with_edited_manifest(artifacts, tmp_path, **changes) -> Path:
+def with_edited_manifest(artifacts, tmp_path, **changes) -> Path:
     copy = tmp_path / artifacts["onnx"].name
     shutil.copy(artifacts["onnx"], copy)
     data = json.loads(Path(str(artifacts["onnx"]) + ".json").read_text())
@@ -173,13 +173,54 @@ def _with_edited_manifest(artifacts, tmp_path, **changes) -> Path:
 
 def test_onnx_engine_with_manifest_of_another_variant(artifacts, tmp_path):
     with pytest.raises(TokenPoseError, match="metadata_props say variant='tiny-t' but the manifest says 't'"):
-        load_engine(_with_edited_manifest(artifacts, tmp_path, variant="t"))
+        load_engine(with_edited_manifest(artifacts, tmp_path, variant="t"))
 
 
 def test_onnx_engine_with_manifest_of_other_sizes(artifacts, tmp_path):
-    path = _with_edited_manifest(artifacts, tmp_path, heatmap_hw=[32, 24])
+    path = with_edited_manifest(artifacts, tmp_path, heatmap_hw=[32, 24])
     with pytest.raises(TokenPoseError, match=r"output shape .* does not match .*mismatched manifest"):
         load_engine(path)
+
+
+def test_every_engine_carries_typed_meta_from_its_manifest_or_config(artifacts):
+    from tokenpose.engines.base import Engine, EngineMeta
+    from tokenpose.keypoints import COCO_FLIP_PAIRS, COCO_KEYPOINTS, MEAN_RGB, STD_RGB
+    from tokenpose.manifest import read_manifest
+
+    torch_engine, onnx_engine = load_engine(artifacts["pth"], max_batch=3), load_engine(artifacts["onnx"])
+    for engine in (torch_engine, onnx_engine):
+        meta = engine.meta
+        assert isinstance(engine, Engine) and isinstance(meta, EngineMeta)
+        assert (meta.variant, meta.dataset, meta.input_hw, meta.heatmap_hw) == ("tiny-t", "coco", (256, 192), (64, 48))
+        assert (meta.num_joints, meta.keypoint_names, meta.flip_pairs) == (17, COCO_KEYPOINTS, COCO_FLIP_PAIRS)
+        assert (meta.mean_rgb, meta.std_rgb, meta.color_order, meta.sigma) == (MEAN_RGB, STD_RGB, "RGB", 2.0)
+        assert (meta.precision, meta.min_batch, meta.aspect_ratio) == ("fp32", 1, 0.75)
+        assert (engine.min_batch, engine.max_batch) == (meta.min_batch, meta.max_batch)
+        assert HeatmapCodec.from_config(meta).heatmap_hw == (64, 48)
+    assert torch_engine.meta.max_batch == 3 and torch_engine.config == TINY  # the real ModelConfig
+    assert onnx_engine.meta.max_batch is None  # any batch on the CPU, whatever the export's range says
+    from_manifest = EngineMeta.from_manifest(read_manifest(artifacts["onnx"]), artifacts["onnx"])
+    assert from_manifest.max_batch == 32 and onnx_engine.meta == dataclasses.replace(from_manifest, max_batch=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        onnx_engine.meta.mean_rgb = (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"mean_rgb": [0.5, 0.5]}, r"mean_rgb must be three finite numbers \(R, G, B\), got \(0.5, 0.5\)"),
+    ({"std_rgb": [0.2, 0.0, 0.2]}, r"std_rgb must be positive"),
+    ({"color_order": "YUV"}, r"color_order must be one of RGB, BGR, got 'YUV'"),
+    ({"input_hw": [256]}, r"input_hw must be two positive integers \(H, W\), got \(256,\)"),
+    ({"num_joints": 16}, r"manifest says 16 joints .* not the 'coco' layout"),
+    ({"flip_pairs": [[1, 2], [3, 40]]}, r"flip_pairs .* do not index the 17 joints"),
+    ({"dataset": "crowdpose"}, r"manifest dataset 'crowdpose' is neither 'coco' nor 'mpii'"),
+])
+def test_manifest_values_no_model_can_have_are_one_line_errors(artifacts, tmp_path, changes, message):
+    from tokenpose.manifest import ManifestError
+
+    path = with_edited_manifest(artifacts, tmp_path, **changes)
+    with pytest.raises(ManifestError, match=f"{path.name}: .*{message}") as info:
+        load_engine(path)
+    assert "\n" not in str(info.value)
 
 
 def test_onnx_engine_precision_is_fixed_and_device_must_exist(artifacts):
@@ -233,11 +274,11 @@ def test_tensorrt_engine_matches_onnx(artifacts, tmp_path):
 
 
 def test_onnx_engine_reports_min_batch(artifacts):
-    from tokenpose.engines.base import engine_min_batch, pad_batch
+    from tokenpose.engines.base import pad_batch
 
     engine = load_engine(artifacts["onnx"])
-    assert engine.min_batch == 1 and engine_min_batch(engine) == 1
-    assert engine_min_batch(load_engine(artifacts["pth"])) == 1  # no attribute: 1
+    assert engine.min_batch == 1 and engine.meta.min_batch == 1
+    assert load_engine(artifacts["pth"]).min_batch == 1
     x = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)
     padded, n = pad_batch(x, 5)
     assert n == 2 and padded.shape == (5, 3) and (padded[2:] == x[-1]).all() and (padded[:2] == x).all()
@@ -264,7 +305,7 @@ def test_aoti_engine_rejects_options_it_cannot_honour(tmp_path):
     with pytest.raises(TokenPoseError, match="do not apply to the aoti engine"):
         load_engine(pt2, threads=2)
     # The options it can honour pass the checks and reach the loader (which rejects the fake bytes).
-    with pytest.raises(TokenPoseError, match="cannot load the AOTInductor package"):
+    with pytest.raises(TokenPoseError, match=r"cannot read AOTInductor package .*m\.pt2: "):
         load_engine(pt2, precision="fp32", compile=False)
 
 
@@ -481,17 +522,18 @@ class _FakeCudaEngine:
 
 def test_tensorrt_engine_allocates_once_and_frees_on_close(tmp_path, monkeypatch):
     from tokenpose import cuda as cuda_helper
+    from tokenpose.engines.base import EngineMeta
     from tokenpose.engines.tensorrt_engine import TensorRTEngine
     from tokenpose.manifest import read_manifest
-    from tokenpose.models.config import get_config
 
     cudart = _fake_cudart("cuda.bindings.runtime")
     monkeypatch.setattr(cuda_helper, "import_cudart", lambda: cudart)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the cuda-python buffers
     manifest = read_manifest(_fake_artifact(tmp_path, "m.engine", "tensorrt", gpu="g"))
     context = _FakeContext(cudart)
-    engine = TensorRTEngine(tmp_path / "m.engine", manifest, get_config("t"), _FakeCudaEngine(context, 2, 4), _FakeTrt)
-    assert (engine.min_batch, engine.max_batch) == (2, 4)
+    meta = EngineMeta.from_manifest(manifest, tmp_path / "m.engine")
+    engine = TensorRTEngine(tmp_path / "m.engine", manifest, meta, _FakeCudaEngine(context, 2, 4), _FakeTrt)
+    assert (engine.min_batch, engine.max_batch) == (2, 4) == (engine.meta.min_batch, engine.meta.max_batch)
     assert len(cudart.allocations) == 2 and context.address_calls == 2  # max-batch buffers, addresses once
     sizes = sorted(len(b) for b in cudart.allocations.values())
     assert sizes == sorted([4 * 3 * 256 * 192 * 4, 4 * 17 * 64 * 48 * 4])

@@ -178,7 +178,7 @@ def test_predict_refuses_to_write_into_the_input_folder(artifacts, tmp_path):
 
 
 def test_predict_matches_detections_by_file_name_or_numeric_name(artifacts, tmp_path):
-    from tokenpose.cli.predict import BoxSource
+    from tokenpose.predict import BoxSource
     from tokenpose.errors import TokenPoseError
 
     folder = tmp_path / "pics"
@@ -210,7 +210,7 @@ def test_predict_matches_detections_by_file_name_or_numeric_name(artifacts, tmp_
 
 
 def test_predict_queue_is_bounded_by_images_too(artifacts, tmp_path):
-    from tokenpose.cli.predict import BoxSource, Run
+    from tokenpose.predict import BoxSource, Run
     from tokenpose.engines import PosePredictor, load_engine
 
     image = cv2.imread(str(COCO_MINI / "images" / "000000000785.jpg"))

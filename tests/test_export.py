@@ -6,6 +6,7 @@ TensorRT builder's GPU path is in test_export_tensorrt.py; its pure parts are te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -227,6 +228,77 @@ def test_int8_model_is_symmetric_per_channel_qdq(exported):
     cal = m.calibration
     assert cal["num_crops"] == 8 and cal["method"] == "minmax" and cal["kind"] == "coco"
     assert m.verification["vs_fp32"]["oks_mean"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def exported_gpu_int8(tmp_path_factory):
+    """A peaked TINY model (heatmaps with one clear peak, like a trained model's) exported to FP32,
+    INT8 and the GPU INT8 model (`--int8-gpu`), calibrated on 16 coco_mini crops."""
+    from test_engines import TINY, peaked_model
+
+    from tokenpose.models.checkpoints import save_weights
+
+    out = tmp_path_factory.mktemp("export_gpu_int8")
+    pth = out.parent / "tiny_peaked.pth"
+    save_weights(peaked_model(TINY), pth, variant={"model_config": dataclasses.asdict(TINY)})
+    lines: list[str] = []
+    summary = export_model(ExportOptions(
+        variant=TINY, out_dir=out, checkpoint=pth, int8=True, int8_gpu=True, calib_data=COCO_JSON,
+        calib_size=16, simplify=False, verify_batches=(1, 2), engine=False,
+    ), log=lines.append)
+    return out, summary, lines
+
+
+def test_gpu_int8_model_is_the_int8_qdq_on_the_fp16_model(exported_gpu_int8):
+    out, summary, lines = exported_gpu_int8
+    assert [a.path.name for a in summary.artifacts] == [
+        "tokenpose_tiny-t_fp32.onnx", "tokenpose_tiny-t_int8.onnx", "tokenpose_tiny-t_int8-fp16.onnx"]
+    cpu, gpu = (read_manifest(out / f"tokenpose_tiny-t_{name}.onnx") for name in ("int8", "int8-fp16"))
+    assert (cpu.precision, cpu.int8_base, cpu.opset) == ("int8", "fp32", 17)
+    assert (gpu.precision, gpu.int8_base, gpu.opset) == ("int8", "fp16", 19)
+    assert gpu.calibration == cpu.calibration, "one calibration for both"
+    assert gpu.higher_precision["fp16"]["fp32_ops"] == ["LayerNormalization", "Softmax"]
+    verify_manifest(out / "tokenpose_tiny-t_int8-fp16.onnx")
+
+    elem = onnx.TensorProto
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / "tokenpose_tiny-t_int8-fp16.onnx")))
+    cpu_model = onnx.load(str(out / "tokenpose_tiny-t_int8.onnx"))
+    assert model.opset_import[0].version == 19
+    assert model.graph.input[0].type.tensor_type.elem_type == elem.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == elem.FLOAT
+    inits = {i.name: i for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in cpu_model.graph.node)
+    assert all(inits[n.input[1]].data_type == elem.FLOAT16 for n in qdq), "float16 scales"
+    assert all(inits[n.input[2]].data_type == elem.INT8 for n in qdq if len(n.input) > 2)
+    prod = _producers(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    # INT8 where quantized: every quantized Conv/MatMul reads DequantizeLinear outputs directly.
+    quantized = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul")
+                 and n.name not in cpu.higher_precision["fp32_nodes"]]
+    assert quantized and all(prod[i].op_type == "DequantizeLinear" for n in quantized for i in n.input[:2])
+    # FP16 elsewhere: the unquantized attention matmuls and the head compute in float16 ...
+    kept = cpu.higher_precision["fp32_nodes"]
+    assert kept and all(types[n.output[0]] == elem.FLOAT16 for n in model.graph.node if n.name in kept)
+    # ... and LayerNorm / Softmax in float32, as in the FP16 model.
+    sensitive = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert sensitive and all(types[n.output[0]] == elem.FLOAT for n in sensitive)
+
+
+def test_gpu_int8_model_passes_the_int8_accuracy_gate_on_real_crops(exported_gpu_int8):
+    out, _, lines = exported_gpu_int8
+    calib = load_calibration_set(COCO_JSON, "t", max_samples=16)
+    ref = ort_session(out / "tokenpose_tiny-t_fp32.onnx").run(None, {"images": calib.images})[0]
+    diffs = {}
+    for name in ("int8", "int8-fp16"):
+        got = ort_session(out / f"tokenpose_tiny-t_{name}.onnx").run(None, {"images": calib.images})[0]
+        v = read_manifest(out / f"tokenpose_tiny-t_{name}.onnx").verification["vs_fp32"]
+        diffs[name] = float(np.abs(got - ref).max())
+        assert v["n"] == 16 and v["max_abs"] == pytest.approx(diffs[name], rel=1e-3)
+        assert v["oks_mean"] >= 0.95, (name, v)
+    # FP16 compute adds rounding, not a second quantization: the error stays near INT8's own.
+    assert 0 < diffs["int8-fp16"] <= 2 * diffs["int8"] + 1e-3, diffs
+    assert any(line.startswith("int8-fp16 vs fp32 on 16 real crops") for line in lines)
 
 
 def test_classify_matmuls_finds_attention_and_head(exported):

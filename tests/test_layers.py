@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tokenpose"
 
 # module prefix (dotted, below `tokenpose.`) -> layer rank; the longest matching prefix wins.
 LAYERS: dict[str, int] = {
-    "errors": 0, "files": 0, "keypoints": 0, "cuda": 0,
+    "errors": 0, "files": 0, "keypoints": 0, "cuda": 0, "progress": 0,
     "data": 1,
     "models": 2,
     "manifest": 3,

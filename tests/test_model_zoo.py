@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from tokenpose import create_model, list_variants
 from tokenpose.cli.main import app
 from tokenpose.errors import CheckpointError, InputShapeError
+from tokenpose.models.config import VARIANTS
 from tokenpose.models.checkpoints import (
     expected_official_shapes,
     read_checkpoint,
@@ -85,6 +87,30 @@ def test_saved_checkpoint_has_official_keys_and_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# S-v2 (stem backbone, whose official prefix is "features.") cut down to test in a second.
+TINY_S = dataclasses.replace(VARIANTS["s-v2"], name="tiny-s", depth=1, dim=32, heads=2, mlp_hidden=64, head_hidden=32)
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
+def test_plain_model_state_dict_loads(tmp_path, prefix):
+    """`torch.save(model.state_dict())` (our module names), also from DDP / torch.compile wrappers."""
+    torch.manual_seed(0)
+    model = create_model(TINY_S)
+    torch.save({prefix + k: v for k, v in model.state_dict().items()}, tmp_path / "plain.pth")
+    again = create_model(TINY_S, checkpoint=tmp_path / "plain.pth")
+    x = torch.randn(1, 3, *TINY_S.input_hw)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_plain_state_dict_that_does_not_fit_says_how_it_was_read(tmp_path):
+    sd = create_model(TINY_S).state_dict()
+    del sd["head.3.bias"]
+    torch.save(sd, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"own module names.*missing keys: features\.mlp_head\.3\.bias;"):
+        create_model(TINY_S, checkpoint=tmp_path / "plain.pth")
 
 
 def test_wrong_variant_checkpoint_names_the_right_one(tmp_path):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_engines import build_artifacts, peaked_model
+from test_engines import build_artifacts, peaked_model, with_edited_manifest
 
 from tokenpose.data.coco import CocoKeypoints
 from tokenpose.data.heatmaps import HeatmapCodec
@@ -51,8 +53,8 @@ class CountingEngine:
 
     def __init__(self, engine) -> None:
         self.inner = engine
-        self.name, self.precision, self.config = engine.name, engine.precision, engine.config
-        self.manifest, self.max_batch = engine.manifest, engine.max_batch
+        self.name, self.precision, self.config, self.meta = engine.name, engine.precision, engine.config, engine.meta
+        self.manifest, self.min_batch, self.max_batch = engine.manifest, engine.min_batch, engine.max_batch
         self.batches: list[int] = []
 
     def __call__(self, images):
@@ -186,6 +188,7 @@ class MinBatchEngine:
     def __init__(self, engine, min_batch: int, max_batch: int) -> None:
         self.inner = engine
         self.name, self.precision, self.config, self.manifest = engine.name, engine.precision, engine.config, engine.manifest
+        self.meta = dataclasses.replace(engine.meta, min_batch=min_batch, max_batch=max(min_batch, max_batch))
         self.min_batch, self.max_batch = min_batch, max_batch
         self.batches: list[int] = []
 
@@ -249,6 +252,105 @@ def test_non_finite_heatmaps_are_an_error_not_a_result():
     predictor = PosePredictor(TorchEngine(model))
     with pytest.raises(TokenPoseError, match="non-finite heatmaps"):
         predictor.predict(str(IMAGE), [[277, 45, 225, 333]])
+
+
+class RecordingEngine(CountingEngine):
+    """A real engine that also keeps the inputs of its last call."""
+
+    def __call__(self, images):
+        self.last_input = images.copy()
+        return super().__call__(images)
+
+
+def expected_crop(image_bgr, center, scale, input_hw, mean_rgb, std_rgb, order="RGB") -> np.ndarray:
+    """One model input (3, H, W) written out from the definition: warp, /255, (x - mean) / std."""
+    h, w = input_hw
+    mat = get_affine_transforms(center[None], scale[None], 0.0, (w, h))[0]
+    crop = cv2.warpAffine(image_bgr, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    rgb = crop[..., ::-1].astype(np.float64) / 255.0
+    x = ((rgb - np.asarray(mean_rgb)) / np.asarray(std_rgb)).transpose(2, 0, 1)
+    return x if order == "RGB" else x[::-1]
+
+
+def test_predictor_normalises_with_the_engines_own_mean_std_and_colour_order(artifacts, tmp_path):
+    box = np.array([[277.0, 45.0, 225.0, 333.0]])
+    image = read_image(IMAGE)
+    default = RecordingEngine(load_engine(artifacts["onnx"]))
+    ref = PosePredictor(default).predict(image, box)
+    mean, std = (0.3, 0.5, 0.6), (0.2, 0.25, 0.3)
+    for order in ("RGB", "BGR"):
+        folder = tmp_path / order
+        folder.mkdir()
+        path = with_edited_manifest(artifacts, folder, mean_rgb=list(mean), std_rgb=list(std), color_order=order)
+        engine = RecordingEngine(load_engine(path))
+        assert (engine.meta.mean_rgb, engine.meta.std_rgb, engine.meta.color_order) == (mean, std, order)
+        pred = PosePredictor(engine).predict(image, box)
+        want = expected_crop(image, pred.centers[0], pred.scales[0], engine.meta.input_hw, mean, std, order)
+        np.testing.assert_allclose(engine.last_input[0], want, atol=1e-4)
+        assert np.abs(engine.last_input - default.last_input).max() > 0.5  # not the ImageNet statistics
+        assert np.abs(pred.keypoints - ref.keypoints).max() > 0  # the model saw other numbers
+    np.testing.assert_allclose(default.last_input[0], expected_crop(
+        image, ref.centers[0], ref.scales[0], default.meta.input_hw, default.meta.mean_rgb, default.meta.std_rgb),
+        atol=1e-4)
+
+
+def test_rgb_images_with_color_rgb_give_the_bgr_keypoints(artifacts):
+    predictor = PosePredictor(RecordingEngine(load_engine(artifacts["pth"])))
+    bgr = read_image(IMAGE)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    boxes = np.array([[277, 45, 225, 333], [100, 50, 80, 160]], dtype=float)
+    want = predictor.predict(bgr, boxes)
+    got = predictor.predict(rgb, boxes, color="rgb")
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    bgr_input = predictor.engine.last_input
+    predictor.predict(rgb, boxes)  # the RGB array taken for BGR: other model inputs
+    assert np.abs(predictor.engine.last_input - bgr_input).max() > 0.5
+    [listed] = predictor.predict([rgb], [boxes], color="rgb")
+    np.testing.assert_array_equal(listed.keypoints, want.keypoints)
+    with pytest.raises(TokenPoseError, match="color must be 'bgr' or 'rgb', got 'hsv'"):
+        predictor.predict(bgr, boxes, color="hsv")
+
+
+def test_boxes_are_n_by_4_or_n_by_5_with_the_score(artifacts):
+    engine = CountingEngine(load_engine(artifacts["pth"]))
+    predictor = PosePredictor(engine)
+    boxes = np.array([[277, 45, 225, 333], [100, 50, 80, 160], [300, 100, 100, 200], [20, 30, 150, 250]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    want = predictor.predict(str(IMAGE), boxes, scores)
+    got = predictor.predict(str(IMAGE), np.column_stack([boxes, scores]))  # (4, 5): four people, not five
+    assert len(got) == 4
+    np.testing.assert_array_equal(got.box_scores, scores)
+    np.testing.assert_array_equal(got.boxes, boxes)
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+    np.testing.assert_allclose(got.scores_person, want.scores_person)
+    calls = len(engine.batches)
+    with pytest.raises(InputShapeError, match="carry their scores in the fifth column"):
+        predictor.predict(str(IMAGE), np.column_stack([boxes, scores]), scores)
+    with pytest.raises(InputShapeError, match="4 boxes but box scores of shape \\(3,\\)"):
+        predictor.predict(str(IMAGE), boxes, scores[:3])
+    assert len(engine.batches) == calls  # rejected before any engine call
+
+
+@pytest.mark.parametrize(("image", "boxes", "message"), [
+    (None, [[0, 0, 10, 10]], "expected an \\(H, W, 3\\) BGR uint8 image or a path, got None"),
+    ("image", None, "image 0: boxes must be \\(N, 4\\) rows of x, y, w, h or \\(N, 5\\) .* got None"),
+    ("image", np.zeros((2, 3)), "image 0: boxes must be \\(N, 4\\) .* got shape \\(2, 3\\)"),
+    ("image", np.zeros((4, 6)), "got shape \\(4, 6\\)"),
+    ("image", [277, 45, 225, 333], "got shape \\(4,\\)"),
+    ("image", np.zeros((1, 4, 1)), "got shape \\(1, 4, 1\\)"),
+    ("image", [[1, 2, 3, 4], [1, 2]], "not a numeric array"),
+    (["image", "image"], np.zeros((2, 4)), "2 images need a list of 2 box arrays, got ndarray"),
+    ([None], [np.zeros((1, 4))], "got None"),
+])
+def test_missing_images_and_misshaped_boxes_are_input_shape_errors(artifacts, image, boxes, message):
+    engine = CountingEngine(load_engine(artifacts["pth"]))
+    real = read_image(IMAGE)
+    image = [real if im == "image" else im for im in image] if isinstance(image, list) else \
+        (real if isinstance(image, str) else image)
+    with pytest.raises(InputShapeError, match=message):
+        PosePredictor(engine).predict(image, boxes)
+    assert engine.batches == []
 
 
 def test_detector_finds_boxes_or_falls_back_to_the_whole_image():

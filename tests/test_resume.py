@@ -20,7 +20,8 @@ from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.models.checkpoints import read_checkpoint
 from tokenpose.models.config import VARIANTS
 from tokenpose.training.config import TrainConfig
-from tokenpose.training.trainer import model_config_from_checkpoint, read_metrics, train
+from tokenpose.training.checkpointing import model_config_from_checkpoint, read_metrics
+from tokenpose.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,22 +16,22 @@ from typer.testing import CliRunner
 from tokenpose import create_model
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.models.checkpoints import (
+    HRNET_PRETRAINED_PREFIXES,
     expected_official_shapes,
+    load_hrnet_imagenet,
     read_checkpoint,
     to_official_state_dict,
 )
 from tokenpose.models.config import VARIANTS
-from tokenpose.training.config import TrainConfig
-from tokenpose.training.loss import JointsMSELoss
-from tokenpose.training.trainer import (
-    HRNET_PRETRAINED_PREFIXES,
-    Trainer,
-    load_hrnet_imagenet,
+from tokenpose.training.checkpointing import (
     model_config_from_checkpoint,
     read_metrics,
     rng_state,
     set_rng_state,
 )
+from tokenpose.training.config import TrainConfig
+from tokenpose.training.loss import JointsMSELoss
+from tokenpose.training.trainer import Trainer
 
 TINY = dataclasses.replace(
     VARIANTS["t"], name="t-tiny", input_hw=(64, 48), heatmap_hw=(16, 12), patch_hw=(8, 6),

@@ -1,9 +1,11 @@
 """The one place that imports cuda-python's runtime API and reads the GPU name.
 
-cuda-python moved its runtime bindings to `cuda.bindings.runtime` in 12.6 and removed the old
+cuda-python moved its runtime bindings to `cuda.bindings.runtime` in 12.6.1 and removed the old
 `cuda.cudart` module in 13.0; `import_cudart` tries the new layout first and the old one as a
 fallback, so the TensorRT engine's device buffers (`tensorrt_engine._CudaPythonBuffers`) and the
 GPU name recorded in / checked against an engine's manifest (`gpu_name`) see the same module.
+cuda-bindings 13 deprecates `int(handle)` on its handle types (`cudaStream_t`, ...) in favour of
+`cuda.bindings.utils.get_cuda_native_handle`; `native_handle` uses it where it exists.
 Nothing here imports torch or cuda-python at module import time.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-__all__ = ["cuda_ok", "cudart_device_name", "gpu_name", "import_cudart"]
+__all__ = ["cuda_ok", "cudart_device_name", "gpu_name", "import_cudart", "native_handle"]
 
 
 def import_cudart() -> Any | None:
@@ -28,6 +30,22 @@ def import_cudart() -> Any | None:
         return cudart
     except Exception:  # noqa: BLE001
         return None
+
+
+def native_handle(handle: Any) -> int:
+    """The address a cuda-python handle (`cudaStream_t`, ...) wraps, as the int TensorRT's
+    `execute_async_v3` takes: through `cuda.bindings.utils.get_cuda_native_handle` (cuda-bindings
+    12.9 / 13, where `int(handle)` is deprecated), else `int(handle)` (older cuda-python, plain ints)."""
+    if isinstance(handle, int):
+        return handle
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except Exception:  # noqa: BLE001 - older cuda-python without it, or no cuda-python at all
+        return int(handle)
+    try:
+        return int(get_cuda_native_handle(handle))
+    except TypeError:  # a type it has no getter for: the plain conversion still works there
+        return int(handle)
 
 
 def cuda_ok(cudart: Any, err: Any) -> bool:

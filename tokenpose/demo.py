@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenpose.bench.harness import BenchSettings, run_benchmark
-from tokenpose.cli.zoo import render_zoo
 from tokenpose.export.pipeline import ExportOptions, export_model
 from tokenpose.models.complexity import zoo_table
+from tokenpose.models.zoo import render_zoo
 
 OUT = Path("demo_out")
 

@@ -36,6 +36,7 @@ __all__ = [
     "manifest_path",
     "read_manifest",
     "sha256_file",
+    "unreadable_artifact",
     "verify_manifest",
     "write_manifest",
 ]
@@ -113,6 +114,9 @@ class Manifest:
     random_weights: bool = False
     calibration: dict | None = None
     higher_precision: dict | None = None  # what stays in FP32 in an FP16/INT8 model, and why
+    # INT8 only: what the unquantized ops compute in. "fp32": the CPU INT8 model; "fp16": the GPU
+    # one (Q/DQ on the FP16 model, LayerNorm/Softmax in FP32). None for other precisions.
+    int8_base: str | None = None
     verification: dict | None = None  # parity / accuracy figures measured at export
     source: str | None = None  # the artifact this one was made from (an engine's ONNX file)
     sha256: str = ""
@@ -244,10 +248,21 @@ def read_manifest(artifact: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(data)
 
 
+def unreadable_artifact(path: str | os.PathLike, kind: str, exc: BaseException) -> TokenPoseError:
+    """The one-line error for an artifact its library cannot parse (a truncated or foreign file):
+    "cannot read <kind> <path>: <the library's first line>". Loaders raise it `from None`."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    return TokenPoseError(f"cannot read {kind} {path}: {reason}")
+
+
 def _onnx_metadata(path: Path) -> dict[str, str]:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or OSError: both mean "not this model"
+        raise unreadable_artifact(path, "ONNX model", exc) from None
     return {p.key: p.value for p in model.metadata_props}
 
 

@@ -217,6 +217,8 @@ json to_json(const Args& args, const tokenpose::ModelInfo& info, const std::stri
           {"variant", info.variant},
           {"backend", backend},
           {"crop_warp", tokenpose::crop_warp_name(warp)},
+          {"mean_rgb", info.mean_rgb},
+          {"std_rgb", info.std_rgb},
           {"opencv", CV_VERSION},
           {"keypoint_names", info.keypoint_names},
           {"keypoint_format", "[x, y, score] in image pixels, 0-based"},

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -31,6 +32,30 @@ void read_hw(const json& doc, const char* key, const std::string& where, int& h,
     throw Error("manifest " + where + ": '" + key + "' must be [H, W] positive integers, got " + v.dump());
   h = v[0].get<int>();
   w = v[1].get<int>();
+}
+
+// The statistics the model was trained with (`mean_rgb`, `std_rgb`, per RGB channel of pixels / 255)
+// and the channel order of its input; a manifest without them means the ImageNet defaults and RGB.
+void read_normalization(const json& doc, const std::string& where, ModelInfo& info) {
+  for (const char* key : {"mean_rgb", "std_rgb"}) {
+    if (!doc.contains(key) || doc[key].is_null()) continue;
+    const json& v = doc[key];
+    const bool is_std = std::string(key) == "std_rgb";
+    bool ok = v.is_array() && v.size() == 3;
+    for (size_t c = 0; ok && c < 3; ++c)
+      ok = v[c].is_number() && std::isfinite(v[c].get<double>()) && (!is_std || v[c].get<double>() > 0);
+    if (!ok)
+      throw Error("manifest " + where + ": '" + key + "' must hold 3 " + (is_std ? "positive " : "") +
+                  "finite numbers, got " + v.dump());
+    auto& dst = is_std ? info.std_rgb : info.mean_rgb;
+    for (int c = 0; c < 3; ++c) dst[c] = static_cast<float>(v[c].get<double>());  // float32, as numpy does
+  }
+  // Every tokenpose model takes RGB; an artifact that records another order was not made for this
+  // pre-processing, and feeding it RGB would silently swap its colours.
+  if (doc.contains("color_order") && !doc["color_order"].is_null() &&
+      !(doc["color_order"].is_string() && doc["color_order"].get<std::string>() == "RGB"))
+    throw Error("manifest " + where + ": color_order " + doc["color_order"].dump() +
+                " is not supported: the C++ pre-processing feeds RGB (\"RGB\")");
 }
 
 std::string suffix_of(const std::string& path) {
@@ -71,13 +96,7 @@ ModelInfo read_model_info(const std::string& artifact_path) {
     if (!info.keypoint_names.empty() && int(info.keypoint_names.size()) != info.num_joints)
       throw Error("manifest " + where + ": " + std::to_string(info.keypoint_names.size()) + " keypoint names for " +
                   std::to_string(info.num_joints) + " joints");
-    for (const char* key : {"mean_rgb", "std_rgb"}) {
-      if (!doc.contains(key) || doc[key].is_null()) continue;
-      const json& v = doc[key];
-      if (!v.is_array() || v.size() != 3) throw Error("manifest " + where + ": '" + key + "' must hold 3 numbers");
-      auto& dst = std::string(key) == "mean_rgb" ? info.mean_rgb : info.std_rgb;
-      for (int c = 0; c < 3; ++c) dst[c] = static_cast<float>(v[c].get<double>());  // float32, as numpy does
-    }
+    read_normalization(doc, where, info);
     if (doc.contains("batch") && doc["batch"].is_object()) {
       const json& b = doc["batch"];
       info.batch_min = std::max(1, b.value("min", 1));

@@ -139,8 +139,10 @@ def markdown_report(result: Any, *, title: str | None = "tokenpose-bench") -> st
     if d["peaks"]:
         out += ["Matmul peak measured in this run:", "", peaks_table(d), ""]
     if d["pipeline"]:
-        out += ["End to end (`PosePredictor.predict`: crop, engine, decode; images decoded before timing):", "",
-                pipeline_table(d), ""]
+        source = s.get("pipeline_data")
+        scenes = f"images of {Path(source).name}" if source else "seeded synthetic images and boxes"
+        out += [f"End to end (`PosePredictor.predict`: crop, engine, decode; {scenes}, decoded before timing):",
+                "", pipeline_table(d), ""]
     if d["complexity"]:
         batch = 1 if 1 in s["batches"] else s["batches"][0]
         out += ["Complexity (per image) beside measured speed:", "", zoo_speed_table(d, batch), ""]

@@ -1,21 +1,30 @@
-"""`tokenpose bench` / `tokenpose-bench`: latency, throughput and memory of every engine side by side."""
+"""`tokenpose bench` / `tokenpose-bench`: latency, throughput and memory of every engine side by side.
+
+Only the engine table (`tokenpose.bench.settings`) and the output checks (`tokenpose.files`), both
+standard library only, are imported here; the harness (torch, ONNX Runtime) when the command runs.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tokenpose.bench.harness import (
-    DEFAULT_ENGINES,
-    DEFAULT_WORK_DIR,
-    ENGINES,
-    BenchSettings,
-    run_benchmark,
-)
-from tokenpose.bench.report import markdown_report, plot_throughput, write_markdown
+from tokenpose.bench.settings import DEFAULT_ENGINES, DEFAULT_WORK_DIR, ENGINES, BenchSettings
 from tokenpose.cli.common import CheckpointOpt, friendly_errors, standalone
+from tokenpose.errors import TokenPoseError
+from tokenpose.files import check_writable
+
+
+def check_outputs(json_out: Path | None, markdown_out: Path | None, plot_out: Path | None) -> None:
+    """Fail before the run, not after it, when an output cannot be written: one line naming it."""
+    for path in (json_out, markdown_out, plot_out):
+        if path is not None:
+            check_writable(path)
+    if plot_out is not None and importlib.util.find_spec("matplotlib") is None:
+        raise TokenPoseError(f"--plot {plot_out} needs matplotlib: pip install matplotlib")
 
 
 @friendly_errors
@@ -44,15 +53,19 @@ def command(
     settle_ms: Annotated[
         float, typer.Option("--settle-ms", help="Idle pause before each timed call (lets spinning thread pools sleep).")
     ] = 50.0,
-    pipeline: Annotated[bool, typer.Option("--pipeline", help="Also time PosePredictor end to end on real images.")] = False,
+    pipeline: Annotated[bool, typer.Option("--pipeline", help="Also time PosePredictor end to end (crop, engine, decode).")] = False,
     persons: Annotated[int, typer.Option("--persons", help="Person boxes per image in --pipeline.")] = 8,
     pipeline_images: Annotated[int, typer.Option("--pipeline-images", help="Images timed in --pipeline.")] = 4,
     pipeline_data: Annotated[
-        Path | None, typer.Option("--pipeline-data", help="COCO keypoints json for --pipeline (default: the test fixture).")
+        Path | None,
+        typer.Option("--pipeline-data", help="COCO keypoints json for --pipeline, images in ../images/ beside its "
+                                             "folder (default: seeded synthetic 480x640 images and boxes)."),
     ] = None,
     checkpoint: CheckpointOpt = None,
     calib_data: Annotated[
-        Path | None, typer.Option("--calib-data", help="INT8 calibration: COCO keypoints json or image folder.")
+        Path | None,
+        typer.Option("--calib-data", help="INT8 calibration: COCO keypoints json or image folder "
+                                          "(default: none, and the INT8 engines are skipped)."),
     ] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="INT8 calibration crops.")] = 32,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Where exported models are cached.")] = DEFAULT_WORK_DIR,
@@ -63,17 +76,18 @@ def command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ) -> None:
     """Benchmark engines side by side: latency p50/p90/p99, throughput, memory, % of matmul peak."""
+    from tokenpose.bench.harness import run_benchmark
+    from tokenpose.bench.report import markdown_report, plot_throughput, write_markdown
+
     settings = BenchSettings(
         variants=variant, engines=engines if engines is not None else ([] if engine else list(DEFAULT_ENGINES)),
         engine_files=[str(p) for p in engine or []], batches=batch, warmup=warmup, iters=iters, seconds=seconds,
         device=device, threads=threads, cuda_graphs=cuda_graphs, interleave=interleave, settle_ms=settle_ms, pipeline=pipeline,
         persons=persons, pipeline_images=pipeline_images, work_dir=str(work_dir), peak_size=peak_size,
         checkpoint=str(checkpoint) if checkpoint else None, calib_size=calib_size,
+        calib_data=str(calib_data) if calib_data else None, pipeline_data=str(pipeline_data) if pipeline_data else None,
     )
-    if calib_data is not None:
-        settings.calib_data = str(calib_data)
-    if pipeline_data is not None:
-        settings.pipeline_data = str(pipeline_data)
+    check_outputs(json_out, markdown_out, plot_out)
     log = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
     result = run_benchmark(settings, log=log)
     if json_out:

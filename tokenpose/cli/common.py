@@ -1,28 +1,29 @@
-"""What the CLI modules share: option aliases, opening engines, progress bars, one-line errors."""
+"""What the CLI modules share: option aliases, opening engines and data sets, progress bars,
+tables, one-line errors.
+
+Only typer, rich and the torch-free corner of the library (errors, progress) are imported here at
+module level: every command module imports this one, and `tokenpose --help` imports them all.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console, RenderableType
 
 from tokenpose.errors import TokenPoseError
+from tokenpose.progress import make_progress
 
 F = TypeVar("F", bound=Callable)
+R = TypeVar("R")
 
 VariantOpt = Annotated[str, typer.Option("--variant", "-v", help="Model variant (see `tokenpose zoo`).")]
 CheckpointOpt = Annotated[
@@ -59,6 +60,10 @@ StandinOpt = Annotated[
     typer.Option("--head-size-standin", help="MPII without head boxes: use the head segment (not comparable)."),
 ]
 MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Only the first N images (quick check).")]
+OnBadOpt = Annotated[
+    Literal["raise", "skip"],
+    typer.Option("--on-bad", help="Stop at unusable images, annotations or detections (raise), or drop them (skip)."),
+]
 
 
 def open_engine(path: Path, variant: str | None = None, device: str | None = None, precision: str | None = None):
@@ -71,20 +76,44 @@ def open_engine(path: Path, variant: str | None = None, device: str | None = Non
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator:
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on stderr; yields `update(done, total)`."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with make_progress(enabled=enabled) as bar:
+        if bar is None:
+            yield lambda done, total: None
+            return
         task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
 
-        yield update
+def run_over_dataset(
+    description: str,
+    config: Any,
+    run: Callable[[Any, Callable[[int, int], None]], R],
+    *,
+    quiet: bool = False,
+    **dataset_options: Any,
+) -> R:
+    """The flow of `eval` and `validate`: open the evaluation set of `config` (ModelConfig) with
+    `dataset_options` (those of `evaluation.runner.open_dataset`), print its notes, then
+    `run(data, update)` under a progress bar. `quiet` (--json) prints neither notes nor bar."""
+    from tokenpose.evaluation.runner import open_dataset
+
+    data = open_dataset(config=config, **dataset_options)
+    if not quiet:
+        echo_notes(data.notes)
+    with progress_bar(description, enabled=not quiet) as update:
+        return run(data, update)
+
+
+def echo_json(obj: Any) -> None:
+    """`obj` as indented JSON on stdout."""
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def print_wide(renderable: RenderableType, min_width: int) -> None:
+    """Print a rich table at least `min_width` columns wide (narrow terminals and pipes included)."""
+    Console(width=max(Console().width, min_width)).print(renderable)
 
 
 def fail(message: str) -> typer.Exit:
@@ -96,6 +125,19 @@ def fail(message: str) -> typer.Exit:
 def echo_notes(notes: list[str]) -> None:
     for note in notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Library warnings print as one `warning: ...` line on stderr, not in Python's
+    `file:line: Category: ...` form with a source line under it."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def warn_random_weights(engine) -> None:

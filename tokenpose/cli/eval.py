@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tokenpose.cli.common import (
@@ -23,12 +21,14 @@ from tokenpose.cli.common import (
     ImageDirOpt,
     JsonFlag,
     MaxImagesOpt,
+    OnBadOpt,
     PrecisionOpt,
     StandinOpt,
-    echo_notes,
+    echo_json,
     friendly_errors,
     open_engine,
-    progress_bar,
+    print_wide,
+    run_over_dataset,
     standalone,
     warn_random_weights,
 )
@@ -49,6 +49,7 @@ def command(
     precision: PrecisionOpt = None,
     batch_size: BatchOpt = None,
     max_images: MaxImagesOpt = None,
+    on_bad: OnBadOpt = "raise",
     results: Annotated[Path | None, typer.Option("--results", help="Write the COCO results json here.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -57,18 +58,23 @@ def command(
     COCO root: annotations/person_keypoints_val2017.json and images/val2017 (or val2017/, images/).
     MPII root: annot/valid.json, images/ and annot/gt_valid.mat for the head boxes.
     """
-    from tokenpose.evaluation.runner import evaluate, open_dataset
+    from tokenpose.evaluation.runner import evaluate
+    from tokenpose.files import check_writable
 
+    if results is not None:  # before the engine and the data are opened (evaluate checks it again)
+        check_writable(results)
     eng = open_engine(engine, variant, device, precision)
-    data = open_dataset(data_root, eng.config, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
-                        head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images)
     if not as_json:
         warn_random_weights(eng)
-        echo_notes(data.notes)
-    with progress_bar(f"eval {engine.name}", enabled=not as_json) as update:
-        report = evaluate(eng, data, flip_test=flip, batch_size=batch_size, results_file=results, progress=update)
+    report = run_over_dataset(
+        f"eval {engine.name}", eng.config,
+        lambda data, update: evaluate(eng, data, flip_test=flip, batch_size=batch_size, results_file=results,
+                                      progress=update),
+        quiet=as_json, data_root=data_root, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
+        head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images, on_bad=on_bad,
+    )
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
         return
     table = Table(title=f"{engine.name}: {report.engine['backend']} {report.engine['precision']}, "
                         f"{report.num_persons} persons in {report.num_images} images, boxes: {report.boxes}"
@@ -77,7 +83,7 @@ def command(
         table.add_column(key, justify="right")
     scale = 100.0 if report.dataset == "coco" else 1.0
     table.add_row(*[f"{v * scale:.1f}" if v >= 0 else "-" for v in report.metrics.values()])
-    Console(width=max(Console().width, 120)).print(table)
+    print_wide(table, min_width=120)
     key, value = report.main_metric
     typer.echo(f"{key} {value * scale:.2f} ({report.seconds:.1f} s)" + (f"; results: {results}" if results else ""))
 

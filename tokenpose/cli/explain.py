@@ -1,21 +1,24 @@
-"""`tokenpose explain`: attention maps and learned keypoint constraints of one person (paper §4)."""
+"""`tokenpose explain`: attention maps and learned keypoint constraints of one person (paper §4).
+
+The model and the figures (torch, OpenCV, matplotlib) are imported when the command runs, so that
+`tokenpose --help` stays light.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tokenpose.cli.common import OutOpt, fail, friendly_errors, standalone
-from tokenpose.data.transforms import ImageReadError, read_image
-from tokenpose.explain import explain_image, resolve_keypoints, write_explanation
-from tokenpose.explain.attention import check_box
-from tokenpose.models import VARIANTS, TokenPose, get_config
-from tokenpose.models.checkpoints import load_official_state_dict, read_checkpoint
+from tokenpose.files import check_writable
+
+if TYPE_CHECKING:
+    from tokenpose.models import TokenPose
 
 
 def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
@@ -40,6 +43,8 @@ def load_model(checkpoint: Path, variant: str | None) -> TokenPose:
     the variant whose key shapes it matches exactly, the same rule as the PyTorch engine.
     """
     from tokenpose.engines.torch_engine import checkpoint_config
+    from tokenpose.models import VARIANTS, TokenPose, get_config
+    from tokenpose.models.checkpoints import load_official_state_dict, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, dict):
@@ -86,7 +91,12 @@ def command(
 ) -> None:
     """Draw keypoint-to-visual and keypoint-to-keypoint attention per layer, the learned token
     similarity and the top-2 constraints per keypoint (paper Figures 3-5, Table 8)."""
+    from tokenpose.data.transforms import ImageReadError, read_image
+    from tokenpose.explain import explain_image, resolve_keypoints, write_explanation
+    from tokenpose.explain.attention import check_box
+
     person_box = parse_box(box)
+    check_writable(out, folder=True)  # before the model is built and run, not after
     try:
         picture = read_image(image)
     except ImageReadError as exc:

@@ -16,10 +16,6 @@ from tokenpose.cli.common import (
     friendly_errors,
     standalone,
 )
-from tokenpose.manifest import BatchRange
-from tokenpose.export.pipeline import ExportOptions, export_model
-from tokenpose.export.precision import INT8_CALIBRATION_METHODS, Int8Settings
-from tokenpose.export.tensorrt import TensorRTError
 
 
 @friendly_errors
@@ -33,8 +29,14 @@ def command(
         typer.Option("--calib-data", help="Folder of person images, or a COCO keypoints json with person boxes."),
     ] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Number of calibration crops.")] = 64,
+    int8_gpu: Annotated[
+        bool | None,
+        typer.Option("--int8-gpu/--no-int8-gpu", help="Also write the GPU INT8 model, Q/DQ on the FP16 model "
+                     "(tokenpose_<variant>_int8-fp16.onnx; the INT8 engine is built from it). "
+                     "Default: when TensorRT engines are built."),
+    ] = None,
     int8_method: Annotated[
-        str, typer.Option("--int8-method", help=f"Calibration: {', '.join(INT8_CALIBRATION_METHODS)}.")
+        str, typer.Option("--int8-method", help="Calibration: minmax, percentile or entropy.")
     ] = "minmax",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 17).")] = 17,
     batch: Annotated[str, typer.Option("--batch", help="Batch range min:opt:max for engines and manifests.")] = "1:8:32",
@@ -54,14 +56,25 @@ def command(
     aoti: Annotated[
         bool, typer.Option("--aoti", help="Also write an AOTInductor package (.pt2) for libtorch and the C++ example (needs a C++ compiler).")
     ] = False,
+    tf32: Annotated[
+        bool, typer.Option("--tf32", help="Let FP32 layers of TensorRT engines use TF32 (default off: FP32 is FP32).")
+    ] = False,
+    triton: Annotated[
+        bool, typer.Option("--triton", help="Also write a Triton model repository: OUT/triton/<model>/config.pbtxt.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Export a variant to ONNX (+ FP16 / INT8) and TensorRT engines, each verified and with a manifest."""
+    from tokenpose.export.pipeline import ExportOptions, export_model
+    from tokenpose.export.precision import Int8Settings
+    from tokenpose.export.tensorrt import TensorRTError
+    from tokenpose.manifest import BatchRange
+
     options = ExportOptions(
         variant=variant, out_dir=out, checkpoint=checkpoint, fp16=fp16, int8=int8, calib_data=calib_data,
         calib_size=calib_size, opset=opset, batch=BatchRange.parse(batch), engine=engine, simplify=simplify,
         fp16_keep_head_fp32=fp16_head_fp32, int8_settings=Int8Settings(method=int8_method),
-        workspace_gib=workspace, timing_cache=timing_cache, aoti=aoti,
+        workspace_gib=workspace, timing_cache=timing_cache, aoti=aoti, int8_gpu=int8_gpu, tf32=tf32, triton=triton,
     )
     log = (lambda _msg: None) if as_json else (lambda msg: typer.echo(msg, err=msg.startswith("warning")))
     try:

@@ -15,7 +15,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def root() -> None:
     """TokenPose human-pose estimation: model zoo, training, evaluation, export, engines, benchmarks."""
@@ -31,15 +30,13 @@ COMMANDS = {
     "bench": "tokenpose.cli.bench",
     "predict": "tokenpose.cli.predict",
     "explain": "tokenpose.cli.explain",
+    "serve": "tokenpose.cli.serve",
 }
 
+# Every command module imports only typer, rich and cli.common at module level (the library
+# inside the command), so registering them all keeps `tokenpose --help` free of torch and cv2.
 for _name, _module in COMMANDS.items():
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
-        continue  # a stage not built yet
+    _mod = importlib.import_module(_module)
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 

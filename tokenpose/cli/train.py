@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tokenpose.cli.common import OutOpt, VariantOpt, friendly_errors, standalone
+from tokenpose.cli.common import OnBadOpt, OutOpt, VariantOpt, friendly_errors, standalone, warnings_as_lines
 
 PathOpt = Path | None
 
@@ -47,7 +47,7 @@ def command(
     hrnet_pretrained: Annotated[PathOpt, typer.Option(help="ImageNet HRNet-W32/W48 weights (B/L).")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Also write last.pth every N steps (0: per epoch).")] = 0,
     augment: Annotated[bool, typer.Option(help="Official training augmentation.")] = True,
-    on_bad: Annotated[str, typer.Option(help="raise | skip unusable images and annotations.")] = "raise",
+    on_bad: OnBadOpt = "raise",
     max_images: Annotated[int | None, typer.Option(help="Train on the first N persons only.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps in all.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -67,7 +67,8 @@ def command(
         on_bad=on_bad, max_images=max_images, max_steps=max_steps, val_ann_file=val_ann_file,
         val_image_dir=val_image_dir, val_every=val_every, val_flip_test=val_flip, progress=progress,
     )
-    result = train(cfg)
+    with warnings_as_lines():  # e.g. what --on-bad skip dropped, settings a resume changes
+        result = train(cfg)
     if result.final_checkpoint is not None:
         typer.echo(f"{result.steps} steps, {result.epochs} epochs; weights: {result.final_checkpoint}")
 

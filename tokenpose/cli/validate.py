@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tokenpose.cli.common import (
@@ -23,14 +22,15 @@ from tokenpose.cli.common import (
     ImageDirOpt,
     JsonFlag,
     MaxImagesOpt,
+    OnBadOpt,
     StandinOpt,
-    echo_notes,
+    echo_json,
     friendly_errors,
     open_engine,
-    progress_bar,
+    print_wide,
+    run_over_dataset,
     standalone,
 )
-from tokenpose.files import atomic_write
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -52,26 +52,30 @@ def command(
     device: DeviceOpt = None,
     batch_size: BatchOpt = None,
     max_images: MaxImagesOpt = None,
+    on_bad: OnBadOpt = "raise",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the report as JSON here.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Parity report of ENGINE against a reference on the same crops: max heatmap error, keypoint
     error in pixels, OKS between the two, and the AP (or PCKh) of each."""
-    from tokenpose.evaluation.runner import open_dataset, validate
+    from tokenpose.evaluation.runner import validate
+    from tokenpose.files import atomic_write, check_writable
 
+    if out is not None:
+        check_writable(out)
     test = open_engine(engine, variant, device)
     reference = open_engine(against, variant, device if against.suffix != ".engine" else None)
-    data = open_dataset(data_root, reference.config, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
-                        head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images)
-    if not as_json:
-        echo_notes(data.notes)
-    with progress_bar(f"validate {engine.name}", enabled=not as_json) as update:
-        report = validate(test, reference, data, flip_test=flip, batch_size=batch_size, progress=update)
+    report = run_over_dataset(
+        f"validate {engine.name}", reference.config,
+        lambda data, update: validate(test, reference, data, flip_test=flip, batch_size=batch_size, progress=update),
+        quiet=as_json, data_root=data_root, ann_file=ann_file, image_dir=image_dir, det_file=det_file,
+        head_boxes=head_boxes, head_size_standin=head_size_standin, max_images=max_images, on_bad=on_bad,
+    )
     if out is not None:
         with atomic_write(out, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
         return
     coco = report.dataset == "coco"
     scale = 100.0 if coco else 1.0
@@ -92,7 +96,7 @@ def command(
         rows.append((f"{k}: {engine.name} / {against.name} (diff)", f"{t * scale:.2f} / {r * scale:.2f} ({(t - r) * scale:+.2f})"))
     for name, value in rows:
         table.add_row(name, value)
-    Console(width=max(Console().width, 100)).print(table)
+    print_wide(table, min_width=100)
 
 
 main = standalone(command)

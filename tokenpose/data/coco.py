@@ -79,7 +79,8 @@ class CocoKeypoints(TopDownDataset):
         if check_images:
             records, _, unreadable = drop_unreadable_images(records, decode_images)
             problems += unreadable
-        handle_bad_data(problems, on_bad, f"COCO dataset {self.ann_file!r}")
+        what = f"COCO dataset {self.ann_file!r}" if detections is None else f"detection file {os.fspath(detections)!r}"
+        handle_bad_data(problems, on_bad, what)
         super().__init__(
             records, input_hw=input_hw, heatmap_hw=heatmap_hw, sigma=sigma,
             flip_pairs=COCO_FLIP_PAIRS, upper_body_ids=COCO_UPPER_BODY, train=train,
@@ -123,9 +124,14 @@ class CocoKeypoints(TopDownDataset):
         ), problems
 
     def _detection_records(self, det_file: str, images: dict[int, dict], aspect_ratio: float, threshold: float):
-        dets = load_json(det_file)
+        dets = load_json(det_file, "detection file")
         if not isinstance(dets, list):
             raise DatasetError(f"detection file {det_file!r} must hold a list of detections")
+        fields = ("image_id", "bbox", "score")
+        bad = next((i for i, d in enumerate(dets) if not isinstance(d, dict) or any(k not in d for k in fields)), None)
+        if bad is not None:
+            raise DatasetError(f"detection file {det_file!r}: detection #{bad} is not a COCO result with "
+                               f"{', '.join(fields)}: {str(dets[bad])[:80]}")
         dets = [d for d in dets if d.get("category_id", PERSON_CATEGORY_ID) == PERSON_CATEGORY_ID
                 and d["score"] >= threshold]
         problems = [f"detection #{i} (score {d['score']:.3f}): image id {d['image_id']} is not in "
@@ -138,10 +144,11 @@ class CocoKeypoints(TopDownDataset):
         # A box under one pixel wide or high has no person to crop (and a scale near 0 would give
         # a mirrored, hugely magnified crop), so it is reported like a box outside the image.
         big_enough = (boxes[:, 2] >= 1) & (boxes[:, 3] >= 1)
-        valid = inside & big_enough
+        finite = np.isfinite(boxes).all(axis=1)
+        valid = inside & big_enough & finite
         problems += [f"detection on image {d['image_id']}: box {d['bbox']} "
-                     + ("lies outside the image" if not i else "is smaller than one pixel")
-                     for d, i, v in zip(dets, inside, valid) if not v]
+                     + ("is not finite" if not f else "lies outside the image" if not i else "is smaller than one pixel")
+                     for d, i, f, v in zip(dets, inside, finite, valid) if not v]
         dets = [d for d, v in zip(dets, valid) if v]
         # Detection boxes are used as given (not clipped), like the official loader.
         return self._records(

@@ -62,26 +62,27 @@ class PersonRecords:
 
 
 def handle_bad_data(problems: list[str], on_bad: str, what: str) -> None:
-    """Raise one DatasetError listing `problems`, or warn once with their count (`on_bad="skip"`)."""
+    """Raise one DatasetError naming the first few `problems` and their count, or warn once
+    (`on_bad="skip"`). Both messages are one line: the CLI prints only the first line of an error."""
     if not problems:
         return
-    shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+    shown = "; ".join(problems[:3]) + (f"; ... ({len(problems) - 3} more)" if len(problems) > 3 else "")
     if on_bad == "raise":
         raise DatasetError(
-            f"{what}: {len(problems)} unusable sample(s) (pass on_bad='skip' to drop them):\n  {shown}"
+            f"{what}: {len(problems)} unusable sample(s): {shown}; drop them with --on-bad skip (on_bad='skip')"
         )
-    warnings.warn(f"{what}: skipped {len(problems)} unusable sample(s):\n  {shown}", stacklevel=3)
+    warnings.warn(f"{what}: skipped {len(problems)} unusable sample(s): {shown}", stacklevel=3)
 
 
-def load_json(path: str):
-    """Parse an annotation json; errors name the file."""
+def load_json(path: str, kind: str = "annotation file"):
+    """Parse a json file; errors name the file and what it is (`kind`, e.g. "detection file")."""
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path!r}") from None
+        raise FileNotFoundError(f"{kind} not found: {path!r}") from None
     except json.JSONDecodeError as e:
-        raise DatasetError(f"annotation file {path!r} is not valid JSON: {e}") from None
+        raise DatasetError(f"{kind} {path!r} is not valid JSON: {e}") from None
 
 
 def drop_unreadable_images(records: PersonRecords, decode: bool) -> tuple[PersonRecords, np.ndarray, list[str]]:

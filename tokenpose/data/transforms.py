@@ -198,25 +198,28 @@ def crop_person(
     )
 
 
-_MEAN_BGR = np.asarray(MEAN_RGB[::-1], dtype=np.float32)
-_STD_BGR = np.asarray(STD_RGB[::-1], dtype=np.float32)
-
-
-def normalize_image(image: np.ndarray, bgr: bool = True) -> np.ndarray:
+def normalize_image(
+    image: np.ndarray,
+    bgr: bool = True,
+    mean_rgb: Sequence[float] = MEAN_RGB,
+    std_rgb: Sequence[float] = STD_RGB,
+) -> np.ndarray:
     """uint8 image(s) (H, W, 3) or (N, H, W, 3) -> float32 (3, H, W) or (N, 3, H, W), RGB order.
 
-    Divides by 255 and normalises with the ImageNet mean/std (ToTensor + Normalize of the
-    official pipeline). `bgr=True` (OpenCV order) swaps the channels to RGB.
+    Divides by 255 and normalises with `mean_rgb` / `std_rgb` (RGB order; default the ImageNet
+    statistics: ToTensor + Normalize of the official pipeline). `bgr=True` (OpenCV order) swaps
+    the channels to RGB.
     """
     img = np.asarray(image)
     if img.shape[-1] != 3:
         raise ValueError(f"expected a 3-channel image (..., H, W, 3), got shape {img.shape}")
+    mean, std = np.asarray(mean_rgb, dtype=np.float32), np.asarray(std_rgb, dtype=np.float32)
     x = img.astype(np.float32) / np.float32(255.0)
     if bgr:
-        x = (x - _MEAN_BGR) / _STD_BGR
+        x = (x - mean[::-1]) / std[::-1]
         x = x[..., ::-1]
     else:
-        x = (x - _MEAN_BGR[::-1]) / _STD_BGR[::-1]
+        x = (x - mean) / std
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
@@ -226,12 +229,15 @@ def preprocess_crops(
     scales: np.ndarray,
     input_hw: Sequence[int],
     rots_deg: np.ndarray | float = 0.0,
+    mean_rgb: Sequence[float] = MEAN_RGB,
+    std_rgb: Sequence[float] = STD_RGB,
 ) -> np.ndarray:
     """Crop every person of one image and normalise them into one batch.
 
     image_bgr: (H_img, W_img, 3) uint8 as read by `read_image`; centers (N, 2) pixels;
-    scales (N, 2) units of 200 px; input_hw (H, W) of the model input; rots_deg scalar or (N,).
-    Returns (N, 3, H, W) float32, RGB, ImageNet-normalised: the model input.
+    scales (N, 2) units of 200 px; input_hw (H, W) of the model input; rots_deg scalar or (N,);
+    mean_rgb / std_rgb: the model's normalisation (RGB order, default ImageNet).
+    Returns (N, 3, H, W) float32, RGB, normalised: the model input.
     """
     h, w = int(input_hw[0]), int(input_hw[1])
     mats = get_affine_transforms(centers, scales, rots_deg, (w, h))
@@ -239,7 +245,7 @@ def preprocess_crops(
     for i, mat in enumerate(mats):  # one warp per person: OpenCV has no batched warp
         crops[i] = cv2.warpAffine(image_bgr, mat, (w, h), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return normalize_image(crops, bgr=True)
+    return normalize_image(crops, bgr=True, mean_rgb=mean_rgb, std_rgb=std_rgb)
 
 
 def flip_image(image: np.ndarray) -> np.ndarray:

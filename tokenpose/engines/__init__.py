@@ -4,7 +4,7 @@ Backends are imported lazily through the suffix table in `base.BACKENDS`, so imp
 package never needs onnxruntime or tensorrt.
 """
 
-from tokenpose.engines.base import BACKENDS, Engine, load_engine
+from tokenpose.engines.base import BACKENDS, Engine, EngineMeta, load_engine
 from tokenpose.engines.predictor import PosePrediction, PosePredictor
 
-__all__ = ["BACKENDS", "Engine", "PosePrediction", "PosePredictor", "load_engine"]
+__all__ = ["BACKENDS", "Engine", "EngineMeta", "PosePrediction", "PosePredictor", "load_engine"]

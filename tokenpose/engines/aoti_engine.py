@@ -8,6 +8,8 @@ sha256, format) and reads the variant, sizes and batch range from it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,32 +17,61 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenpose.engines.base import check_engine_input
+from tokenpose.engines.base import EngineMeta, check_engine_input, check_precision, reject_options
 from tokenpose.errors import TokenPoseError
-from tokenpose.models.config import ModelConfig
+from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
+
+
+@contextlib.contextmanager
+def _held_torch_logs():
+    """Hold back what torch logs while a package loads: when the load fails, the one-line error
+    says why, and torch's own lines ("Loading outdated pt2 file") would make it two.
+    Yields the list of held records for the caller to re-emit after a successful load."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if not any(record is r for r in held):  # one record reaches every handler up the hierarchy
+            held.append(record)
+        return False
+
+    # torch installs its handlers on "torch" and on sub-loggers such as "torch._inductor"
+    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
+               if isinstance(lg, logging.Logger) and (name == "torch" or name.startswith("torch."))]
+    handlers = {h for lg in loggers for h in lg.handlers}
+    for h in handlers:
+        h.addFilter(hold)
+    try:
+        yield held
+    finally:
+        for h in handlers:
+            h.removeFilter(hold)
 
 
 class AotiEngine:
     """A compiled AOTInductor package behind the Engine protocol.
 
-    `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
-    max_batch / min_batch: the bounds of the package's dynamic batch dimension (its manifest's batch
-    range); other batches are rejected before they reach the compiled code (`PosePredictor` pads
-    a short chunk up to min_batch).
+    `__call__`: (B, 3, H, W) float32 crops normalised as `meta` says -> (B, J, h, w) float32
+    heatmaps (numpy, host). `meta` is read from the manifest; max_batch / min_batch are the bounds
+    of the package's dynamic batch dimension (its manifest's batch range): other batches are
+    rejected before they reach the compiled code (`PosePredictor` pads a short chunk up to min_batch).
     """
 
     name = "aoti"
     precision = "fp32"
 
-    def __init__(self, runner: Any, manifest, path: Path, config: ModelConfig, device: torch.device) -> None:
+    def __init__(self, runner: Any, manifest: Manifest, path: Path, meta: EngineMeta, device: torch.device) -> None:
         self.runner = runner
         self.path = path
-        self.config = config
         self.device = device
         self.manifest: dict[str, Any] = manifest.to_dict()
         self.precision = manifest.precision
-        self.max_batch: int | None = int(manifest.batch.get("max") or 0) or None
-        self.min_batch: int = max(1, int(manifest.batch.get("min") or 1))  # the package rejects smaller batches
+        self.meta = meta  # its batch range is the package's: it rejects batches outside it
+        self.min_batch, self.max_batch = self.meta.min_batch, self.meta.max_batch
+
+    @property
+    def config(self) -> EngineMeta:
+        """`meta`, under the name callers written against a ModelConfig use (sizes, joints, dataset)."""
+        return self.meta
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, verify: bool = True, device: str | None = None,
@@ -55,13 +86,9 @@ class AotiEngine:
         """
         from torch._inductor import aoti_load_package
 
-        from tokenpose.engines.onnx_engine import check_precision, config_from_manifest
-        from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.manifest import read_manifest, verify_manifest
-
         precision = unused.pop("precision", None)
         compile_ = unused.pop("compile", None)
-        _reject_options(unused, "aoti")
+        reject_options(unused, "aoti")
         if compile_:  # False / None: nothing asked
             raise TokenPoseError(
                 f"{path}: an AOTInductor package is already compiled ahead of time; compile=True does not apply "
@@ -74,24 +101,25 @@ class AotiEngine:
                 f"{path}: its manifest describes a {manifest.format!r} artifact, not an AOTInductor package"
             )
         check_precision(path, manifest, precision)
-        config = config_from_manifest(manifest, path)
+        meta = EngineMeta.from_manifest(manifest, path)
         try:
-            runner = aoti_load_package(str(path))
+            with _held_torch_logs() as held:
+                runner = aoti_load_package(str(path))
         except Exception as exc:  # torch raises RuntimeError with multi-line C++ traces
-            text = str(exc).strip()
-            reason = text.splitlines()[0] if text else type(exc).__name__
             raise TokenPoseError(
-                f"{path}: cannot load the AOTInductor package ({reason}); it must be loaded by the torch "
-                f"version that compiled it ({manifest.versions.get('torch')}) on a machine with the same CPU ISA / GPU"
+                f"{unreadable_artifact(path, 'AOTInductor package', exc)} (it must be loaded by the torch version "
+                f"that compiled it, {manifest.versions.get('torch')}, on a machine with the same CPU ISA / GPU)"
             ) from None
+        for record in held:  # the package loaded: its warnings (an outdated format...) are worth showing
+            logging.getLogger(record.name).handle(record)
         package_device = runner.get_metadata().get("AOTI_DEVICE_KEY", "cpu")
         if device is not None and device != "auto" and torch.device(device).type != package_device:
             raise TokenPoseError(f"{path}: the package was compiled for {package_device!r}, not {device!r}")
-        return cls(runner, manifest, path, config, torch.device(package_device))
+        return cls(runner, manifest, path, meta, torch.device(package_device))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
-        x = check_engine_input(images, self.config, self.max_batch, self.name)
+        """(B, 3, H, W) float32 crops normalised as `meta` says -> (B, J, h, w) float32 heatmaps."""
+        x = check_engine_input(images, self.meta, self.name)
         if x.shape[0] < self.min_batch:
             raise TokenPoseError(f"{self.path}: batch {x.shape[0]} is below the package's minimum {self.min_batch}")
         tensor = torch.from_numpy(x).to(self.device)
@@ -102,4 +130,4 @@ class AotiEngine:
         return out.float().cpu().numpy()
 
     def __repr__(self) -> str:
-        return f"AotiEngine({self.path.name}, {self.config.name}, {self.device.type})"
+        return f"AotiEngine({self.path.name}, {self.meta.variant}, {self.device.type})"

@@ -12,15 +12,21 @@ or "tensorrt" (ORT's TensorRT EP with an engine cache and the manifest's batch p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tokenpose.engines.base import check_engine_input
+from tokenpose.engines.base import (
+    EngineMeta,
+    check_engine_input,
+    check_precision,
+    reject_options,
+)
 from tokenpose.errors import TokenPoseError
-from tokenpose.models.config import ModelConfig, get_config
+from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -30,53 +36,11 @@ PROVIDERS = {
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def config_from_manifest(manifest, artifact: Path) -> ModelConfig:
-    """The variant's ModelConfig, checked against the sizes the manifest records."""
-    from tokenpose.manifest import ManifestError
-
-    try:
-        cfg = get_config(manifest.variant)
-    except ValueError:
-        return runtime_config(manifest, artifact)
-    want = {"input_hw": tuple(cfg.input_hw), "heatmap_hw": tuple(cfg.heatmap_hw), "num_joints": cfg.num_joints}
-    for key, value in want.items():
-        got = getattr(manifest, key)
-        got = tuple(got) if isinstance(got, list | tuple) else got
-        if got != value:
-            raise ManifestError(
-                f"{artifact}: manifest says {key}={got} but variant {cfg.name!r} has {value}: mismatched manifest"
-            )
-    return cfg
-
-
-def runtime_config(manifest, artifact: Path) -> ModelConfig:
-    """A ModelConfig for a variant outside the table (a reduced config exported in tests or
-    research): only the fields an engine and the predictor use (sizes, joints, dataset, sigma)
-    are real; the architecture fields are placeholders, since the artifact carries the network.
-    """
-    from tokenpose.manifest import ManifestError
-
-    try:
-        cfg = ModelConfig(
-            name=str(manifest.variant), backbone="pixels", input_hw=tuple(manifest.input_hw),
-            heatmap_hw=tuple(manifest.heatmap_hw), patch_hw=tuple(manifest.input_hw), heads=1, depth=1,
-            dataset=manifest.dataset, sigma=float(manifest.sigma),
-            description=f"runtime config read from the manifest of {artifact.name}",
-        )
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"{artifact}: manifest of unknown variant {manifest.variant!r} is unusable: {exc}") from None
-    if cfg.num_joints != manifest.num_joints or tuple(map(tuple, cfg.flip_pairs)) != tuple(manifest.flip_pairs):
-        raise ManifestError(
-            f"{artifact}: manifest says {manifest.num_joints} joints / flip pairs {manifest.flip_pairs}, "
-            f"which is not the {manifest.dataset!r} layout: mismatched manifest"
-        )
-    return cfg
-
-
 class OnnxEngine:
     """An ONNX Runtime session behind the Engine protocol.
 
-    `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
+    `__call__`: (B, 3, H, W) float32 crops normalised as `meta` says -> (B, J, h, w) float32
+    heatmaps (numpy, host). `meta` is read from the manifest, its batch range from the session:
     `max_batch` is the model's fixed batch when its batch axis is static, the manifest's profile
     maximum under the TensorRT EP, else None (any batch); `min_batch` is the fixed batch, the
     profile minimum under the TensorRT EP, else 1.
@@ -84,10 +48,10 @@ class OnnxEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, session, manifest, path: Path, config: ModelConfig, device: str) -> None:
+    def __init__(self, session, manifest: Manifest, path: Path, meta: EngineMeta, device: str) -> None:
+        """`meta` is the manifest's; its batch range is replaced by what the session takes."""
         self.session = session
         self.path = path
-        self.config = config
         self.device = device
         self.manifest: dict[str, Any] = manifest.to_dict()
         self.precision = manifest.precision
@@ -98,21 +62,24 @@ class OnnxEngine:
         self.input_dtype = _NP_TYPES.get(inp.type)
         if self.input_dtype is None:
             raise TokenPoseError(f"{path}: unsupported input type {inp.type} (expected float32 or float16)")
-        h, w = config.input_hw
-        hm_h, hm_w = config.heatmap_hw
-        self._check_dims(inp.shape, (3, h, w), "input")
-        self._check_dims(out.shape, (config.num_joints, hm_h, hm_w), "output")
+        self._check_dims(inp.shape, (3, *meta.input_hw), "input", meta)
+        self._check_dims(out.shape, (meta.num_joints, *meta.heatmap_hw), "output", meta)
         static = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
         self.static_batch = static
-        self.min_batch = 1
         if static is not None:
-            self.min_batch = self.max_batch = static
+            lo, hi = static, static
         elif "TensorrtExecutionProvider" in self.providers:
-            self.max_batch = int(manifest.batch.get("max") or 0) or None
-            self.min_batch = max(1, int(manifest.batch.get("min") or 1))  # the EP's profile minimum
+            lo, hi = meta.min_batch, meta.max_batch  # the EP's profile, from the manifest
         else:
-            self.max_batch = None
+            lo, hi = 1, None
+        self.meta = dataclasses.replace(meta, min_batch=lo, max_batch=hi)
+        self.min_batch, self.max_batch = lo, hi
         self._binding = session.io_binding() if self.providers[0] != "CPUExecutionProvider" else None
+
+    @property
+    def config(self) -> EngineMeta:
+        """`meta`, under the name callers written against a ModelConfig use (sizes, joints, dataset)."""
+        return self.meta
 
     def _io(self, values, name: str, kind: str):
         for v in values:
@@ -123,12 +90,12 @@ class OnnxEngine:
             "mismatched manifest"
         )
 
-    def _check_dims(self, shape, want: tuple[int, ...], kind: str) -> None:
+    def _check_dims(self, shape, want: tuple[int, ...], kind: str, meta: EngineMeta) -> None:
         got = tuple(shape[1:])
         if len(got) != len(want) or any(isinstance(g, int) and g != w for g, w in zip(got, want)):
             raise TokenPoseError(
                 f"{self.path}: model {kind} shape {list(shape)} does not match variant "
-                f"{self.config.name!r} (expected [B, {', '.join(map(str, want))}]): mismatched manifest"
+                f"{meta.variant!r} (expected [B, {', '.join(map(str, want))}]): mismatched manifest"
             )
 
     @classmethod
@@ -149,17 +116,14 @@ class OnnxEngine:
         """
         import onnxruntime as ort
 
-        from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.manifest import read_manifest, verify_manifest
-
         precision = unused.pop("precision", None)
-        _reject_options(unused, "onnxruntime")
+        reject_options(unused, "onnxruntime")
         path = Path(path)
         manifest = verify_manifest(path) if verify else read_manifest(path)
         if manifest.format != "onnx":
             raise TokenPoseError(f"{path}: its manifest describes a {manifest.format!r} artifact, not an ONNX model")
         check_precision(path, manifest, precision)
-        config = config_from_manifest(manifest, path)
+        meta = EngineMeta.from_manifest(manifest, path)
         device = _pick_device(device or "auto", ort.get_available_providers())
 
         opts = ort.SessionOptions()
@@ -171,7 +135,7 @@ class OnnxEngine:
         opts.log_severity_level = 3
         providers: list[Any] = list(PROVIDERS[device])
         if device == "tensorrt":
-            h, w = config.input_hw
+            h, w = meta.input_hw
             lo, opt, hi = (int(manifest.batch.get(k) or 1) for k in ("min", "opt", "max"))
             shape = lambda b: f"{manifest.input_name}:{b}x3x{h}x{w}"
             cache = Path(trt_cache_dir) if trt_cache_dir else path.parent / ".trt_cache"
@@ -184,13 +148,12 @@ class OnnxEngine:
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TokenPoseError(f"{path}: ONNX Runtime cannot load the model: {reason}") from None
-        return cls(session, manifest, path, config, device)
+            raise unreadable_artifact(path, "ONNX model", exc) from None
+        return cls(session, manifest, path, meta, device)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
-        x = check_engine_input(images, self.config, self.max_batch, self.name)
+        """(B, 3, H, W) float32 crops normalised as `meta` says -> (B, J, h, w) float32 heatmaps."""
+        x = check_engine_input(images, self.meta, self.name)
         if self.static_batch is not None and x.shape[0] != self.static_batch:
             raise TokenPoseError(f"{self.path}: the model takes exactly batch {self.static_batch}, got {x.shape[0]}")
         if x.shape[0] < self.min_batch:
@@ -210,16 +173,7 @@ class OnnxEngine:
         return np.asarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"OnnxEngine({self.path.name}, {self.config.name}, {self.precision}, {self.providers[0]})"
-
-
-def check_precision(path: Path, manifest, precision: str | None) -> None:
-    """An exported artifact's precision is fixed: asking for another one is an error."""
-    if precision is not None and precision != manifest.precision:
-        raise TokenPoseError(
-            f"{path} is a {manifest.precision} model; its precision cannot be changed to {precision} at load time "
-            "(export a model in that precision)"
-        )
+        return f"OnnxEngine({self.path.name}, {self.meta.variant}, {self.precision}, {self.providers[0]})"
 
 
 def _pick_device(device: str, available: list[str]) -> str:

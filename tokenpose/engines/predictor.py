@@ -1,15 +1,18 @@
 """PosePredictor: person boxes in, keypoints in image pixels out, in batches, with any engine.
 
-For one image or a list of images, every person box is cropped (`preprocess_crops` of the data
-pipeline: box -> center/scale with the x1.25 padding, unbiased affine, ImageNet normalisation),
+Images are BGR uint8 arrays (as `cv2.imread` returns) or paths; pass `color="rgb"` for arrays
+decoded by PIL / imageio. For one image or a list of images, every person box is cropped
+(`preprocess_crops` of the data pipeline: box -> center/scale with the x1.25 padding, unbiased
+affine, then the engine's own mean/std and colour order from `engine.meta`),
 the crops of all images go into one batch (split only at the engine's max batch), each chunk is
 one engine call (a chunk below the engine's `min_batch` is padded by repeating its last crop, and
 the extra rows are dropped), and the heatmaps are decoded in one vectorised pass (`HeatmapCodec`:
 argmax + DARK, inverse affine back to the image). The optional flip test is the official one: the mirrored
 crops run in the same call and their heatmaps are flipped back and averaged, with no shift.
 
-A box that is not finite, has zero size or lies outside its image is skipped with a warning; its
-index is kept in `PosePrediction.skipped`.
+Boxes are (N, 4) `x, y, w, h` or (N, 5) `x, y, w, h, score` rows (the `--boxes` file format); any
+other shape is an InputShapeError. A box that is not finite, has zero size or lies outside its
+image is skipped with a warning; its index is kept in `PosePrediction.skipped`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from tokenpose.data.transforms import (
     preprocess_crops,
     read_image,
 )
-from tokenpose.engines.base import Engine, engine_min_batch, pad_batch
+from tokenpose.engines.base import Engine, EngineMeta, pad_batch
 from tokenpose.errors import InputShapeError, TokenPoseError
 
 ImageLike = np.ndarray | str | os.PathLike
+COLORS = ("bgr", "rgb")
 
 
 @dataclass
@@ -76,14 +80,21 @@ class PosePrediction:
         ]
 
 
-def as_bgr_image(image: ImageLike) -> np.ndarray:
+def as_bgr_image(image: ImageLike, color: str = "bgr") -> np.ndarray:
     """A path (read with `read_image`) or an array -> BGR uint8 (H, W, 3).
 
-    Arrays may be (H, W) grey, (H, W, 3) BGR or (H, W, 4) BGRA uint8. Raises InputShapeError for
-    an empty or otherwise unusable array; FileNotFoundError / ImageReadError for files.
+    Arrays may be (H, W) grey, (H, W, 3) or (H, W, 4) uint8, in `color` order: "bgr" (OpenCV,
+    the default) or "rgb" (PIL, imageio; swapped to BGR here); a path is decoded to BGR whatever
+    `color` says. Raises InputShapeError for None (what `cv2.imread` returns for a file it cannot
+    read), an empty or otherwise unusable array; FileNotFoundError / ImageReadError for files.
     """
     if isinstance(image, str | os.PathLike):
         return read_image(image)
+    if image is None:
+        raise InputShapeError(
+            "expected an (H, W, 3) BGR uint8 image or a path, got None (cv2.imread returns None for a missing "
+            "or unreadable file)"
+        )
     if not isinstance(image, np.ndarray):
         raise InputShapeError(f"expected an image path or a numpy array, got {type(image).__name__}")
     if image.size == 0:
@@ -98,7 +109,42 @@ def as_bgr_image(image: ImageLike) -> np.ndarray:
         image = np.repeat(image, 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
         raise InputShapeError(f"expected an (H, W, 3) BGR image, got shape {image.shape}")
+    if color == "rgb":
+        image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
+
+
+def as_boxes(boxes, box_scores, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Person boxes of one image -> ((N, 4) float64 x, y, w, h pixels, (N,) float64 box scores).
+
+    boxes: (N, 4) `x, y, w, h` or (N, 5) `x, y, w, h, score` (array or nested list; no boxes:
+    `[]` or an empty (0, 4) array). box_scores: (N,) or None (all 1; must be None for (N, 5) boxes, whose
+    fifth column is the score). Raises InputShapeError naming `where` and the shape it got.
+    """
+    expected = "boxes must be (N, 4) rows of x, y, w, h or (N, 5) rows of x, y, w, h, score"
+    if boxes is None:
+        raise InputShapeError(f"{where}: {expected}, got None")
+    try:
+        b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputShapeError(f"{where}: {expected}, got a {type(boxes).__name__} that is not a numeric array") from None
+    if b.shape == (0,):  # `[]`: no boxes
+        b = np.zeros((0, 4))
+    if b.ndim != 2 or b.shape[1] not in (4, 5):
+        raise InputShapeError(f"{where}: {expected}, got shape {b.shape}")
+    if b.shape[1] == 5:
+        if box_scores is not None:
+            raise InputShapeError(f"{where}: (N, 5) boxes carry their scores in the fifth column; pass no box_scores")
+        return b[:, :4], b[:, 4].copy()
+    if box_scores is None:
+        return b, np.ones(len(b))
+    try:
+        s = np.asarray(box_scores, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputShapeError(f"{where}: box scores must be numbers, got {type(box_scores).__name__}") from None
+    if s.shape not in ((len(b),), (len(b), 1)):
+        raise InputShapeError(f"{where}: {len(b)} boxes but box scores of shape {s.shape}")
+    return b, s.reshape(-1)
 
 
 def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -113,18 +159,22 @@ def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
 class PosePredictor:
     """Top-down pose estimation with any `Engine`.
 
-    engine: the Engine (see `tokenpose.load_engine`); flip_test: the official flip test (two
-    passes' worth of crops per call); batch_size: the most crops per engine call (default: the
-    engine's max_batch, else 32; at least the engine's optional `min_batch`). Chunks smaller than
-    min_batch are padded with copies of their last crop. The predictor keeps no state between calls.
+    engine: the Engine (see `tokenpose.load_engine`); its `meta` decides the crop size, the
+    normalisation (mean/std, colour order), the heatmap decoding and the flip pairs.
+    flip_test: the official flip test (two passes' worth of crops per call); batch_size: the most
+    crops per engine call (default: the engine's max_batch, else 32; at least its `min_batch`).
+    Chunks smaller than min_batch are padded with copies of their last crop. The predictor keeps
+    no state between calls.
     """
 
     def __init__(self, engine: Engine, *, flip_test: bool = False, batch_size: int | None = None) -> None:
         self.engine = engine
-        self.config = engine.config
+        self.meta: EngineMeta = engine.meta
         self.flip_test = bool(flip_test)
         limit = engine.max_batch
-        self.min_batch = engine_min_batch(engine)
+        self.min_batch = int(engine.min_batch)
+        if self.min_batch < 1:
+            raise TokenPoseError(f"{engine.name} engine has an invalid min_batch {engine.min_batch!r}")
         if limit is not None and self.min_batch > limit:
             raise TokenPoseError(f"{engine.name} engine: min_batch {self.min_batch} exceeds its max_batch {limit}")
         size = batch_size or limit or 32
@@ -135,7 +185,12 @@ class PosePredictor:
         # Every call runs at least min_batch rows (short chunks are padded): a smaller batch size
         # would only add padding, so it is raised to the engine's minimum.
         self.batch_size = max(size, self.min_batch)
-        self.codec = HeatmapCodec.from_config(self.config)
+        self.codec = HeatmapCodec.from_config(self.meta)
+
+    @property
+    def config(self) -> EngineMeta:
+        """`meta`, under the name callers written against a ModelConfig use (sizes, joints)."""
+        return self.meta
 
     def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
         """Run the engine on (N, 3, H, W) float32 crops in chunks -> (N, J, h, w) float32 heatmaps.
@@ -145,8 +200,7 @@ class PosePredictor:
         Raises TokenPoseError when the engine returns the wrong shape or non-finite values.
         """
         n = inputs.shape[0]
-        j, (h, w) = self.config.num_joints, self.config.heatmap_hw
-        out = np.empty((n, j, h, w), dtype=np.float32)
+        out = np.empty((n, self.meta.num_joints, *self.meta.heatmap_hw), dtype=np.float32)
         paired = self.flip_test and self.batch_size >= 2
         step = self.batch_size // 2 if paired else self.batch_size
         for start in range(0, n, step):
@@ -159,7 +213,7 @@ class PosePredictor:
                     plain, flipped = both[:k], both[k:]
                 else:
                     plain, flipped = self._run(chunk), self._run(mirrored)
-                out[start:start + k] = (plain + flip_back_heatmaps(flipped, self.config.flip_pairs)) * 0.5
+                out[start:start + k] = (plain + flip_back_heatmaps(flipped, self.meta.flip_pairs)) * 0.5
             else:
                 out[start:start + k] = self._run(chunk)
         return out
@@ -170,7 +224,7 @@ class PosePredictor:
         rows are dropped from the result."""
         padded, n = pad_batch(batch, self.min_batch)
         hm = self.engine(padded)
-        want = (padded.shape[0], self.config.num_joints, *self.config.heatmap_hw)
+        want = (padded.shape[0], self.meta.num_joints, *self.meta.heatmap_hw)
         if not isinstance(hm, np.ndarray) or hm.shape != want:
             raise TokenPoseError(
                 f"{self.engine.name} engine returned heatmaps of shape {getattr(hm, 'shape', None)}, expected {want}"
@@ -197,13 +251,17 @@ class PosePredictor:
 
     def crops(self, images: Sequence[np.ndarray], image_index: np.ndarray, centers: np.ndarray,
               scales: np.ndarray) -> np.ndarray:
-        """The model inputs (N, 3, H, W) float32 of the crops, in the order given."""
-        n = len(centers)
-        inputs = np.empty((n, 3, *self.config.input_hw), dtype=np.float32)
+        """The model inputs (N, 3, H, W) float32 of the crops, in the order given: BGR uint8 images
+        cropped, then normalised with the engine's mean/std into its colour order."""
+        meta = self.meta
+        inputs = np.empty((len(centers), 3, *meta.input_hw), dtype=np.float32)
         for i, image in enumerate(images):  # one warp batch per image
             sel = np.flatnonzero(image_index == i)
             if sel.size:
-                inputs[sel] = preprocess_crops(image, centers[sel], scales[sel], self.config.input_hw)
+                inputs[sel] = preprocess_crops(image, centers[sel], scales[sel], meta.input_hw,
+                                               mean_rgb=meta.mean_rgb, std_rgb=meta.std_rgb)
+        if meta.color_order == "BGR":  # preprocess_crops returns RGB planes
+            inputs = np.ascontiguousarray(inputs[:, ::-1])
         return inputs
 
     def predict(
@@ -211,17 +269,29 @@ class PosePredictor:
         image: ImageLike | Sequence[ImageLike],
         boxes: np.ndarray | Sequence | Sequence[np.ndarray],
         box_scores: np.ndarray | Sequence | None = None,
+        *,
+        color: str = "bgr",
     ) -> PosePrediction | list[PosePrediction]:
         """Keypoints of the people in `boxes`.
 
-        image: one image (path or BGR uint8 array (H, W, 3)) or a list of them.
-        boxes: (N, 4) person boxes (x, y, w, h) in that image's pixels, or a list of such arrays,
-        one per image. box_scores: (N,) (or a list), default 1.
-        Returns one PosePrediction, or a list for a list of images. All crops of all images share
-        one batch (chunked at the engine's max batch).
+        image: one image (a path, or a uint8 (H, W, 3) array in BGR order as `cv2.imread` returns)
+        or a list of them. color: the channel order of array images, "bgr" (default) or "rgb"
+        (PIL, imageio); an RGB array passed as BGR runs, but moves keypoints by a few pixels.
+        boxes: (N, 4) `x, y, w, h` or (N, 5) `x, y, w, h, score` person boxes in that image's
+        pixels, or a list of such arrays, one per image. box_scores: (N,) (or a list), default 1;
+        none with (N, 5) boxes. Returns one PosePrediction, or a list for a list of images. All
+        crops of all images share one batch (chunked at the engine's max batch). Raises
+        InputShapeError for an image or boxes of another shape (None included).
         """
-        single = isinstance(image, np.ndarray | str | os.PathLike)
+        if color not in COLORS:
+            raise TokenPoseError(f"color must be 'bgr' or 'rgb', got {color!r}")
+        single = image is None or isinstance(image, np.ndarray | str | os.PathLike)
+        if not single and not isinstance(image, Sequence):
+            raise InputShapeError(f"expected an image, a path or a list of them, got {type(image).__name__}")
         images = [image] if single else list(image)
+        if not single and (boxes is None or isinstance(boxes, np.ndarray) or not isinstance(boxes, Sequence)):
+            raise InputShapeError(f"{len(images)} images need a list of {len(images)} box arrays, "
+                                  f"got {type(boxes).__name__}")
         box_lists = [boxes] if single else list(boxes)
         if box_scores is None:
             score_lists = [None] * len(images)
@@ -229,34 +299,38 @@ class PosePredictor:
             score_lists = [box_scores] if single else list(box_scores)
         if len(box_lists) != len(images) or len(score_lists) != len(images):
             raise InputShapeError(f"got {len(images)} images but {len(box_lists)} box lists / {len(score_lists)} score lists")
-        arrays = [as_bgr_image(im) for im in images]
-
+        arrays = [as_bgr_image(im, color) for im in images]
         per_image = []
-        for i, (arr, b, s) in enumerate(zip(arrays, box_lists, score_lists)):
-            b = np.asarray(b, dtype=np.float64).reshape(-1, 4) if np.size(b) else np.zeros((0, 4))
-            s = np.ones(len(b)) if s is None else np.asarray(s, dtype=np.float64).reshape(-1)
-            if s.shape != (len(b),):
-                raise InputShapeError(f"image {i}: {len(b)} boxes but {s.size} box scores")
-            ok = usable_boxes(b, arr.shape[:2])
-            skipped = np.flatnonzero(~ok).tolist()
-            if skipped:
-                shown = ", ".join(f"#{k} {np.round(b[k], 1).tolist()}" for k in skipped[:5])
-                warnings.warn(
-                    f"image {i} ({arr.shape[1]}x{arr.shape[0]}): skipped {len(skipped)} box(es) with zero size, "
-                    f"non-finite values or outside the image: {shown}", stacklevel=2,
-                )
-            per_image.append((b[ok], s[ok], skipped))
+        for i, (arr, b, s) in enumerate(zip(arrays, box_lists, score_lists)):  # a loop: the warning's stacklevel
+            per_image.append(self._usable(i, arr, b, s))
+        results = self._predict_boxes(arrays, per_image)
+        return results[0] if single else results
 
+    @staticmethod
+    def _usable(i: int, image: np.ndarray, boxes, box_scores) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(usable boxes (M, 4), their scores (M,), indices of the skipped ones) of image `i`."""
+        b, s = as_boxes(boxes, box_scores, f"image {i}")
+        ok = usable_boxes(b, image.shape[:2])
+        skipped = np.flatnonzero(~ok).tolist()
+        if skipped:
+            shown = ", ".join(f"#{k} {np.round(b[k], 1).tolist()}" for k in skipped[:5])
+            warnings.warn(
+                f"image {i} ({image.shape[1]}x{image.shape[0]}): skipped {len(skipped)} box(es) with zero size, "
+                f"non-finite values or outside the image: {shown}", stacklevel=3,
+            )
+        return b[ok], s[ok], skipped
+
+    def _predict_boxes(self, arrays: list[np.ndarray], per_image: list) -> list[PosePrediction]:
+        """Every usable box of every image in one batched pass; one PosePrediction per image."""
         boxes_all = np.concatenate([p[0] for p in per_image])
         image_index = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(per_image)]).astype(np.int64)
-        centers, scales = box_to_center_scale(boxes_all, self.config.aspect_ratio)
+        centers, scales = box_to_center_scale(boxes_all, self.meta.aspect_ratio)
         centers, scales = centers.reshape(-1, 2), scales.reshape(-1, 2)
         if len(boxes_all):
             keypoints, maxvals = self.predict_regions(arrays, image_index, centers, scales)
         else:
-            keypoints = np.zeros((0, self.config.num_joints, 2))
-            maxvals = np.zeros((0, self.config.num_joints, 1), dtype=np.float32)
-
+            keypoints = np.zeros((0, self.meta.num_joints, 2))
+            maxvals = np.zeros((0, self.meta.num_joints, 1), dtype=np.float32)
         results = []
         for i, (arr, (b, s, skipped)) in enumerate(zip(arrays, per_image)):
             sel = image_index == i
@@ -264,4 +338,4 @@ class PosePredictor:
                 keypoints=keypoints[sel], scores=maxvals[sel][..., 0], boxes=b, box_scores=s,
                 centers=centers[sel], scales=scales[sel], image_hw=tuple(arr.shape[:2]), skipped=skipped,
             ))
-        return results[0] if single else results
+        return results

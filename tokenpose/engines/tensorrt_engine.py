@@ -3,7 +3,8 @@
 Uses the TensorRT 10 named-tensor API: `set_input_shape`, `set_tensor_address` and
 `execute_async_v3` on one CUDA stream. Device buffers for the profile's largest batch are allocated
 once when the engine is opened (torch CUDA tensors when PyTorch has CUDA, else allocations through
-cuda-python, `tokenpose.cuda.import_cudart`) and their addresses set once; a call sets
+cuda-python, `tokenpose.cuda.import_cudart`; the environment variable TOKENPOSE_TENSORRT_BUFFERS=
+torch|cuda-python picks one, so a GPU test run exercises both) and their addresses set once; a call sets
 only the input shape, copies in, runs and copies out. `close()` (or garbage collection) frees them.
 The batch of every call is checked against the engine's optimisation profile before TensorRT sees it.
 Loading verifies the manifest (sha256, TensorRT version and GPU of the build).
@@ -12,15 +13,17 @@ Loading verifies the manifest (sha256, TensorRT version and GPU of the build).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tokenpose.engines.base import check_engine_input
+from tokenpose import cuda as cuda_helper
+from tokenpose.engines.base import EngineMeta, check_engine_input, check_precision, reject_options
 from tokenpose.errors import TokenPoseError
-from tokenpose.models.config import ModelConfig
+from tokenpose.manifest import Manifest, read_manifest, verify_manifest
 
 
 def _import_tensorrt():
@@ -89,9 +92,7 @@ class _CudaPythonBuffers:
             self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
 
     def __init__(self) -> None:
-        from tokenpose.cuda import import_cudart
-
-        cudart = import_cudart()
+        cudart = cuda_helper.import_cudart()
         if cudart is None:
             raise TokenPoseError(
                 "TensorRT engines need device buffers: install cuda-python>=12.6 (pip install 'tokenpose[gpu]'), "
@@ -103,10 +104,8 @@ class _CudaPythonBuffers:
         self.stream = self._check(cudart.cudaStreamCreate())
 
     def _check(self, result):
-        from tokenpose.cuda import cuda_ok
-
         err, *rest = result if isinstance(result, tuple) else (result,)
-        if not cuda_ok(self.cudart, err):
+        if not cuda_helper.cuda_ok(self.cudart, err):
             raise TokenPoseError(f"CUDA runtime error {err}")
         if not rest:
             return None
@@ -154,20 +153,33 @@ class _CudaPythonBuffers:
 
     @property
     def handle(self) -> int:
-        return int(self.stream)
+        return cuda_helper.native_handle(self.stream)
 
     def synchronize(self) -> None:
         self._check(self.cudart.cudaStreamSynchronize(self.stream))
 
 
+BUFFERS_ENV = "TOKENPOSE_TENSORRT_BUFFERS"
+
+
 def _buffers():
+    """Device buffers as TOKENPOSE_TENSORRT_BUFFERS says: "torch", "cuda-python", or "auto" / unset
+    (torch CUDA tensors when PyTorch has CUDA, else cuda-python)."""
+    choice = os.environ.get(BUFFERS_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "cuda-python"):
+        raise TokenPoseError(f"{BUFFERS_ENV}={choice!r}: expected 'auto', 'torch' or 'cuda-python'")
+    if choice == "cuda-python":
+        return _CudaPythonBuffers()
     try:
         import torch
 
-        if torch.cuda.is_available():
-            return _TorchBuffers()
+        torch_cuda = torch.cuda.is_available()
     except ImportError:
-        pass
+        torch_cuda = False
+    if torch_cuda:
+        return _TorchBuffers()
+    if choice == "torch":
+        raise TokenPoseError(f"{BUFFERS_ENV}=torch, but PyTorch has no CUDA device here")
     return _CudaPythonBuffers()
 
 
@@ -180,9 +192,9 @@ class TensorRTEngine:
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, manifest, config: ModelConfig, engine, trt) -> None:
+    def __init__(self, path: Path, manifest: Manifest, meta: EngineMeta, engine, trt) -> None:
+        """`meta` is the manifest's; its batch range is replaced by the engine's profile 0."""
         self.path = path
-        self.config = config
         self.manifest: dict[str, Any] = manifest.to_dict()
         self.precision = manifest.precision
         self._trt = trt
@@ -199,15 +211,16 @@ class TensorRTEngine:
                 f"{manifest.input_name!r} -> {manifest.output_name!r}: mismatched manifest"
             )
         self.input_name, self.output_name = manifest.input_name, manifest.output_name
-        h, w = config.input_hw
+        h, w = meta.input_hw
         shape = tuple(engine.get_tensor_shape(self.input_name))
         if shape[1:] != (3, h, w):
             raise TokenPoseError(
-                f"{path}: engine input {list(shape)} does not match variant {config.name!r} "
+                f"{path}: engine input {list(shape)} does not match variant {meta.variant!r} "
                 f"(expected [B, 3, {h}, {w}]): mismatched manifest"
             )
         lo, _opt, hi = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.meta = dataclasses.replace(meta, min_batch=self.min_batch, max_batch=self.max_batch)
         self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
         self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
         # Device buffers for the profile's largest batch, allocated once: a smaller batch uses their
@@ -230,25 +243,26 @@ class TensorRTEngine:
             self.close()
             raise
 
+    @property
+    def config(self) -> EngineMeta:
+        """`meta`, under the name callers written against a ModelConfig use (sizes, joints, dataset)."""
+        return self.meta
+
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, verify: bool = True, **unused: Any) -> TensorRTEngine:
         """Deserialise `path` after verifying its manifest `path.json`."""
-        from tokenpose.engines.onnx_engine import check_precision, config_from_manifest
-        from tokenpose.engines.torch_engine import _reject_options
-        from tokenpose.manifest import read_manifest, verify_manifest
-
         precision = unused.pop("precision", None)
         device = unused.pop("device", None)
         if device not in (None, "auto", "cuda", "tensorrt"):
             raise TokenPoseError(f"TensorRT engines run on the GPU; device {device!r} is not possible")
-        _reject_options(unused, "tensorrt")
+        reject_options(unused, "tensorrt")
         path = Path(path)
         trt = _import_tensorrt()
         manifest = verify_manifest(path, tensorrt_version_now=str(trt.__version__)) if verify else read_manifest(path)
         if manifest.format != "tensorrt":
             raise TokenPoseError(f"{path}: its manifest describes a {manifest.format!r} artifact, not a TensorRT engine")
         check_precision(path, manifest, precision)
-        config = config_from_manifest(manifest, path)
+        meta = EngineMeta.from_manifest(manifest, path)
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
@@ -257,11 +271,11 @@ class TensorRTEngine:
                 f"{path}: TensorRT {trt.__version__} cannot deserialise this engine (built with another "
                 "version or for another GPU?): rebuild it"
             )
-        return cls(path, manifest, config, engine, trt)
+        return cls(path, manifest, meta, engine, trt)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
-        x = check_engine_input(images, self.config, self.max_batch, self.name)
+        x = check_engine_input(images, self.meta, self.name)
         if x.shape[0] < self.min_batch:
             raise TokenPoseError(f"{self.path}: batch {x.shape[0]} is below the engine profile's minimum {self.min_batch}")
         if self._buffers is None:
@@ -304,4 +318,4 @@ class TensorRTEngine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TensorRTEngine({self.path.name}, {self.config.name}, {self.precision}, batch {self.min_batch}-{self.max_batch})"
+        return f"TensorRTEngine({self.path.name}, {self.meta.variant}, {self.precision}, batch {self.min_batch}-{self.max_batch})"

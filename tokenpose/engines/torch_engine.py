@@ -16,9 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenpose.engines.base import check_engine_input
+from tokenpose.engines.base import EngineMeta, check_engine_input, reject_options
 from tokenpose.errors import CheckpointError, TokenPoseError
+from tokenpose.manifest import Manifest, sha256_file
+from tokenpose.models.checkpoints import (
+    _closest_variant,
+    load_official_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 from tokenpose.models.config import VARIANTS, ModelConfig, get_config
+from tokenpose.models.tokenpose import TokenPose
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,8 +50,6 @@ def checkpoint_config(checkpoint: Mapping, source: str = "checkpoint") -> ModelC
 
     Raises CheckpointError when neither the metadata nor an exact shape match names a variant.
     """
-    from tokenpose.models.checkpoints import _closest_variant, unwrap_state_dict
-
     candidates = [checkpoint.get("variant"), checkpoint.get("model_config")]
     train_cfg = checkpoint.get("config")
     if isinstance(train_cfg, Mapping):
@@ -80,10 +86,12 @@ class TorchEngine:
 
     `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
     precision: "fp32", or "fp16"/"bf16" autocast on the engine's device; compile: `torch.compile`.
-    max_batch: the largest batch one call accepts (None: unlimited).
+    max_batch: the largest batch one call accepts (None: unlimited). `config` is the model's
+    ModelConfig; `meta` says what it takes (ImageNet mean/std, RGB, any batch up to max_batch).
     """
 
     name = "torch"
+    min_batch = 1
 
     def __init__(
         self,
@@ -103,6 +111,7 @@ class TorchEngine:
         self.precision = precision
         self.config: ModelConfig = model.config
         self.max_batch = max_batch
+        self.meta = EngineMeta.from_config(self.config, precision=precision, max_batch=max_batch)
         self.model = model.eval().to(self.device)
         self._forward = torch.compile(self.model) if compile else self.model
         self.manifest = manifest if manifest is not None else self._manifest(None, None)
@@ -120,13 +129,7 @@ class TorchEngine:
         **unused: Any,
     ) -> TorchEngine:
         """Open a `.pth` checkpoint (official layout, ours or a training checkpoint)."""
-        from tokenpose.models.checkpoints import (
-            load_official_state_dict,
-            read_checkpoint,
-        )
-        from tokenpose.models.tokenpose import TokenPose
-
-        _reject_options(unused, "torch")
+        reject_options(unused, "torch")
         path = Path(path)
         ckpt = read_checkpoint(path)
         if not isinstance(ckpt, Mapping):
@@ -139,8 +142,6 @@ class TorchEngine:
         return engine
 
     def _manifest(self, path: Path | None, ckpt: Mapping | None) -> dict[str, Any]:
-        from tokenpose.manifest import Manifest, sha256_file
-
         digest = sha256_file(path) if path is not None else ""
         batch = {"min": 1, "opt": self.max_batch or 1, "max": self.max_batch or 0}
         return Manifest.for_config(
@@ -151,7 +152,7 @@ class TorchEngine:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps."""
-        x = check_engine_input(images, self.config, self.max_batch, self.name)
+        x = check_engine_input(images, self.meta, self.name)
         tensor = torch.from_numpy(x).to(self.device, non_blocking=True)
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
@@ -161,10 +162,3 @@ class TorchEngine:
 
     def __repr__(self) -> str:
         return f"TorchEngine({self.config.name}, {self.device}, {self.precision})"
-
-
-def _reject_options(unused: Mapping[str, Any], backend: str) -> None:
-    """Options meant for other backends are ignored when None, an error otherwise."""
-    given = sorted(k for k, v in unused.items() if v is not None)
-    if given:
-        raise TokenPoseError(f"option(s) {', '.join(given)} do not apply to the {backend} engine")

@@ -12,8 +12,10 @@ MPII head boxes come from annot/gt_valid.mat (`headboxes_src`) or `head_boxes=` 
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,14 +24,18 @@ from typing import Any
 import numpy as np
 
 from tokenpose.data.coco import CocoKeypoints, PersonRecords
-from tokenpose.keypoints import PIXEL_STD
 from tokenpose.data.mpii import MpiiKeypoints
 from tokenpose.data.roots import DataRootError, resolve_data_files
 from tokenpose.data.transforms import read_image
+from tokenpose.engines.base import Engine
+from tokenpose.engines.predictor import PosePredictor
 from tokenpose.errors import TokenPoseError
 from tokenpose.evaluation.coco import CocoEvaluator
 from tokenpose.evaluation.mpii import head_sizes_from_head_segment, pckh
 from tokenpose.evaluation.oks import oks_pairs
+from tokenpose.files import check_writable
+from tokenpose.keypoints import PIXEL_STD
+from tokenpose.models.config import ModelConfig
 
 __all__ = [
     "EvalDataset", "EvalReport", "ValidationReport", "compare_engines", "evaluate", "open_dataset",
@@ -37,7 +43,6 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
-
 
 
 @dataclass
@@ -78,8 +83,6 @@ def read_head_boxes(path: str | os.PathLike) -> np.ndarray:
     elif path.suffix == ".npy":
         boxes = np.load(path)
     else:
-        import json
-
         with open(path) as f:
             boxes = np.asarray(json.load(f), dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.float64)
@@ -90,7 +93,7 @@ def read_head_boxes(path: str | os.PathLike) -> np.ndarray:
 
 def open_dataset(
     data_root: str | os.PathLike,
-    config,
+    config: ModelConfig,
     *,
     ann_file: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
@@ -98,11 +101,14 @@ def open_dataset(
     head_boxes: str | os.PathLike | np.ndarray | None = None,
     head_size_standin: bool = False,
     max_images: int | None = None,
+    on_bad: str = "raise",
 ) -> EvalDataset:
     """The evaluation persons of `data_root` for a model `config` (its dataset picks COCO or MPII).
 
     det_file: COCO detection results (person boxes) instead of the ground-truth boxes.
     max_images: keep only the first N images (sorted by path), for quick checks.
+    on_bad: "raise" on missing/unreadable images, detections with an unknown image id or an
+    unusable box, and bad annotations; "skip" drops them (one warning with the count).
     MPII needs head boxes for PCKh (`head_boxes`, or annot/gt_valid.mat under the root); without
     them pass `head_size_standin=True` to use the head-segment stand-in (not comparable with
     published PCKh), else evaluation stops with an error.
@@ -110,24 +116,30 @@ def open_dataset(
     kind = config.dataset
     root = Path(data_root)
     ann, images = resolve_data_files(kind, root, ann_file, image_dir, split="val" if kind == "coco" else "valid")
-    notes: list[str] = []
-    hb = None
-    if kind == "coco":
-        ds = CocoKeypoints.from_config(config, ann, images, detections=det_file)
-    else:
+    if kind == "mpii":
         if det_file is not None:
             raise DataRootError("--det-file applies to COCO only (MPII evaluation uses the annotated person boxes)")
         if head_boxes is None and not head_size_standin and (root / "annot" / "gt_valid.mat").is_file():
             head_boxes = root / "annot" / "gt_valid.mat"
-        if head_boxes is not None:
-            hb = head_boxes if isinstance(head_boxes, np.ndarray) else read_head_boxes(head_boxes)
-        ds = MpiiKeypoints.from_config(config, ann, images, headboxes=hb)
-        hb = ds.headboxes
-        if hb is None and not head_size_standin:
-            raise DataRootError(
-                f"MPII PCKh needs head boxes and {root} has none (no annot/gt_valid.mat): pass --head-boxes FILE, "
-                "or --head-size-standin for the head-segment stand-in (not comparable with published PCKh)"
-            )
+        if head_boxes is not None and not isinstance(head_boxes, np.ndarray):
+            head_boxes = read_head_boxes(head_boxes)
+    # With on_bad="skip" the dataset warns once about what it dropped: that becomes a note.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if kind == "coco":
+            ds = CocoKeypoints.from_config(config, ann, images, detections=det_file, on_bad=on_bad)
+        else:
+            ds = MpiiKeypoints.from_config(config, ann, images, headboxes=head_boxes, on_bad=on_bad)
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    for w in caught:
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    hb = ds.headboxes if kind == "mpii" else None
+    if kind == "mpii" and hb is None and not head_size_standin:
+        raise DataRootError(
+            f"MPII PCKh needs head boxes and {root} has none (no annot/gt_valid.mat): pass --head-boxes FILE, "
+            "or --head-size-standin for the head-segment stand-in (not comparable with published PCKh)"
+        )
     records = ds.records
     if len(records) == 0:
         raise DataRootError(f"no persons to evaluate in {ann}" + (f" with detections {det_file}" if det_file else ""))
@@ -154,7 +166,7 @@ def open_dataset(
 
 
 def predict_dataset(
-    predictors: Sequence,
+    predictors: Sequence[PosePredictor],
     data: EvalDataset,
     *,
     on_batch: Callable[[np.ndarray, list[np.ndarray]], None] | None = None,
@@ -231,7 +243,7 @@ def _metrics(data: EvalDataset, keypoints: np.ndarray, maxvals: np.ndarray,
     return {f"PCKh@0.5 {k}" if k != "Mean@0.1" else "PCKh Mean@0.1": v for k, v in result.summary.items()}, ""
 
 
-def engine_info(engine) -> dict[str, Any]:
+def engine_info(engine: Engine) -> dict[str, Any]:
     m = engine.manifest or {}
     return {"backend": engine.name, "precision": engine.precision, "variant": engine.config.name,
             "artifact": m.get("artifact") or None, "random_weights": bool(m.get("random_weights"))}
@@ -265,7 +277,7 @@ class EvalReport:
 
 
 def evaluate(
-    engine,
+    engine: Engine,
     data: EvalDataset,
     *,
     flip_test: bool = False,
@@ -274,12 +286,13 @@ def evaluate(
     progress: Progress | None = None,
 ) -> EvalReport:
     """COCO keypoint AP (pycocotools, rescoring in_vis_thre 0.2, OKS NMS 0.9) or MPII PCKh of
-    `engine` on `data`. results_file: also write the COCO results json there."""
-    from tokenpose.engines.predictor import PosePredictor
-
+    `engine` on `data`. results_file: also write the COCO results json there (checked to be
+    writable before the engine runs)."""
     _check_dataset(engine, data)
-    if results_file is not None and data.kind != "coco":
-        raise TokenPoseError("--results writes a COCO results json; MPII evaluation has no such file")
+    if results_file is not None:
+        if data.kind != "coco":
+            raise TokenPoseError("--results writes a COCO results json; MPII evaluation has no such file")
+        check_writable(results_file)
     start = time.perf_counter()
     predictor = PosePredictor(engine, flip_test=flip_test, batch_size=batch_size)
     [(kpts, mv)] = predict_dataset([predictor], data, progress=progress)
@@ -292,7 +305,7 @@ def evaluate(
     )
 
 
-def _check_dataset(engine, data: EvalDataset) -> None:
+def _check_dataset(engine: Engine, data: EvalDataset) -> None:
     if engine.config.dataset != data.kind:
         raise TokenPoseError(f"engine {engine.config.name!r} predicts {engine.config.dataset} joints, "
                              f"but the data is {data.kind}")
@@ -337,8 +350,8 @@ class ValidationReport:
 
 
 def validate(
-    engine,
-    reference,
+    engine: Engine,
+    reference: Engine,
     data: EvalDataset,
     *,
     flip_test: bool = False,
@@ -352,8 +365,8 @@ def validate(
 
 
 def compare_engines(
-    engines: Sequence,
-    reference,
+    engines: Sequence[Engine],
+    reference: Engine,
     data: EvalDataset,
     *,
     flip_test: bool = False,
@@ -362,8 +375,6 @@ def compare_engines(
 ) -> list[ValidationReport]:
     """`validate` for several engines against one reference in a single pass over the data: the
     reference runs once, every engine sees the same crops. One report per engine, in order."""
-    from tokenpose.engines.predictor import PosePredictor
-
     for e in (*engines, reference):
         _check_dataset(e, data)
         if (e.config.num_joints, tuple(e.config.heatmap_hw)) != \

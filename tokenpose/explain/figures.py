@@ -6,6 +6,7 @@ needs a display or touches pyplot's global state.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tokenpose.explain.attention import Explanation
+from tokenpose.files import atomic_write, ensure_writable_dir
 
 __all__ = [
     "OUTPUT_FILES",
@@ -186,18 +188,30 @@ def constraints_json(expl: Explanation) -> dict:
     }
 
 
+def _png_bytes(fig: Figure, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
 def write_explanation(
     expl: Explanation, out_dir: str | Path, keypoints: Sequence[int], dpi: int = 100
 ) -> dict[str, Path]:
-    """Write the four outputs (`OUTPUT_FILES`) into `out_dir`; returns kind -> path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the four outputs (`OUTPUT_FILES`) into `out_dir`; returns kind -> path.
+
+    The folder is checked (NotWritableError naming it) before the figures are rendered, and all
+    are rendered before the first file is written, so a failure while rendering writes no file;
+    each file is replaced atomically: never a half-written one.
+    """
+    out = ensure_writable_dir(out_dir)
+    contents = {
+        "visual": _png_bytes(keypoint_to_visual_figure(expl, keypoints), dpi),
+        "keypoint": _png_bytes(keypoint_to_keypoint_figure(expl), dpi),
+        "similarity": _png_bytes(token_similarity_figure(expl), dpi),
+        "constraints": (json.dumps(constraints_json(expl), indent=2) + "\n").encode(),
+    }
     paths = {kind: out / name for kind, name in OUTPUT_FILES.items()}
-    for kind, fig in (
-        ("visual", keypoint_to_visual_figure(expl, keypoints)),
-        ("keypoint", keypoint_to_keypoint_figure(expl)),
-        ("similarity", token_similarity_figure(expl)),
-    ):
-        fig.savefig(paths[kind], dpi=dpi)
-    paths["constraints"].write_text(json.dumps(constraints_json(expl), indent=2) + "\n")
+    for kind, data in contents.items():
+        with atomic_write(paths[kind], "wb") as f:
+            f.write(data)
     return paths

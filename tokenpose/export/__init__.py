@@ -1,8 +1,9 @@
 """Export: ONNX (dynamic batch, self-verified), FP16 / INT8 Q/DQ models, TensorRT engines, manifests.
 
 `export_model(ExportOptions(...))` runs the whole pipeline of `tokenpose-export`; the modules hold
-the steps: `onnx` (export and verification), `precision` (FP16, INT8), `calibration` (real crops),
-`tensorrt` (engine builder, imports tensorrt lazily) and `manifest` (metadata and its checks).
+the steps: `onnx` (export and verification), `precision` (FP16, INT8 for CPU and GPU),
+`calibration` (real crops), `aoti` (AOTInductor packages) and `tensorrt` (engine builder, imports
+tensorrt lazily); the manifests come from `tokenpose.manifest`.
 """
 
 from tokenpose.export.calibration import (
@@ -25,7 +26,7 @@ from tokenpose.export.onnx import (
     verify_against_torch,
 )
 from tokenpose.export.pipeline import ExportOptions, ExportSummary, export_model
-from tokenpose.export.precision import Int8Settings, convert_fp16, quantize_int8
+from tokenpose.export.precision import Int8Settings, convert_fp16, int8_on_fp16, quantize_int8
 
 __all__ = [
     "BatchRange",
@@ -41,6 +42,7 @@ __all__ = [
     "convert_fp16",
     "export_model",
     "export_onnx_model",
+    "int8_on_fp16",
     "load_calibration_set",
     "manifest_path",
     "quantize_int8",

@@ -31,6 +31,7 @@ import torch
 
 from tokenpose.errors import TokenPoseError
 from tokenpose.manifest import BatchRange, Manifest, sha256_file, write_manifest
+from tokenpose.models import create_model
 from tokenpose.models.config import ModelConfig
 
 __all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti"]
@@ -67,9 +68,90 @@ def _as_model(model_or_variant, checkpoint) -> tuple[torch.nn.Module, bool]:
         if not isinstance(getattr(model_or_variant, "config", None), ModelConfig):
             raise TypeError("the model must be a TokenPose module (it needs a `.config` ModelConfig)")
         return model_or_variant, False
-    from tokenpose.models import create_model
-
     return create_model(model_or_variant, checkpoint), checkpoint is None
+
+
+def _checked_args(out_path: Path, batch: BatchRange | str, device: str, verify_batches: Sequence[int],
+                  manifest_fields: Mapping[str, Any] | None) -> tuple[BatchRange, list[int]]:
+    """(batch range, batch sizes to verify) once the arguments are known to be usable."""
+    if out_path.suffix != AOTI_SUFFIX:
+        raise ValueError(f"an AOTInductor package must end in {AOTI_SUFFIX}, got {out_path.name!r}")
+    if not isinstance(batch, BatchRange):
+        batch = BatchRange.parse(str(batch))
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AotiExportError("device 'cuda' requested but CUDA is not available to PyTorch here")
+    settable = {f.name for f in dataclasses.fields(Manifest)} - {"artifact", "sha256", "format"}
+    bad = sorted(set(manifest_fields or {}) - settable)
+    if bad:
+        raise ValueError(f"manifest_fields: {', '.join(map(repr, bad))} cannot be set (not a settable Manifest field)")
+    checks = sorted({int(b) for b in verify_batches if batch.min <= int(b) <= batch.max}) or [batch.min]
+    return batch, checks
+
+
+def _trace(model: torch.nn.Module, batch: BatchRange, device: str, log: Callable[[str], None]):
+    """`torch.export` of `model` with the batch axis dynamic over `batch`: (program, seconds)."""
+    cfg: ModelConfig = model.config
+    if batch.min == batch.max:  # one fixed batch size: a static graph
+        example = torch.zeros(batch.min, 3, *cfg.input_hw, device=device)
+        dynamic = None
+    else:
+        # Trace with a batch of at least 2: with 1, export would specialise size-1 broadcasts.
+        example = torch.zeros(min(max(2, batch.min), batch.max), 3, *cfg.input_hw, device=device)
+        dynamic = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},)
+    started = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarnings from torch.export internals
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
+    except Exception as exc:
+        raise AotiExportError(f"torch.export failed for variant {cfg.name!r}: {_first_line(exc)}") from exc
+    seconds = time.perf_counter() - started
+    log(f"torch.export: {seconds:.1f} s, batch {batch.min}..{batch.max}" + (" (dynamic)" if dynamic else " (static)"))
+    return program, seconds
+
+
+def _compile_verified(program, model: torch.nn.Module, out_path: Path, checks: Sequence[int], device: str,
+                      tolerance: float, log: Callable[[str], None]) -> dict:
+    """Compile `program` into a temp folder beside `out_path`, compare it with the eager model and
+    only then rename it to `out_path`. Returns the report; AotiExportError when it differs."""
+    cfg: ModelConfig = model.config
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+    try:
+        tmp_pkg = tmp_dir / out_path.name
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg))
+        except Exception as exc:
+            raise AotiExportError(
+                f"AOTInductor compilation failed for variant {cfg.name!r}: {_first_line(exc)} "
+                "(it needs a working C++ compiler on PATH)"
+            ) from exc
+        compiled_s = time.perf_counter() - started
+        log(f"AOTInductor compile: {compiled_s:.1f} s")
+
+        rows, package_meta = _verify(model, tmp_pkg, cfg, checks, device)
+        worst = max(r["max_abs"] for r in rows)
+        for r in rows:
+            log(f"pt2 vs eager PyTorch, batch {r['batch']}: max |heatmap diff| {r['max_abs']:.2e}")
+        if not worst <= tolerance:
+            raise AotiExportError(
+                f"the compiled package differs from eager PyTorch by {worst:.2e} > {tolerance:.0e}; nothing was written"
+            )
+        with open(tmp_pkg, "rb") as f:  # make the bytes durable before the rename publishes them
+            os.fsync(f.fileno())
+        os.replace(tmp_pkg, out_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return {
+        "aoti_vs_torch": {"batches": rows, "max_abs": worst, "tolerance": tolerance, "passed": True},
+        "device": device,
+        "cpu_isa": package_meta.get("AOTI_CPU_ISA", ""),
+        "compile_s": round(compiled_s, 2),
+    }
 
 
 def export_aoti(
@@ -99,80 +181,14 @@ def export_aoti(
     Returns AotiExport(path, manifest path, report).
     """
     out_path = Path(out_path)
-    if out_path.suffix != AOTI_SUFFIX:
-        raise ValueError(f"an AOTInductor package must end in {AOTI_SUFFIX}, got {out_path.name!r}")
-    if not isinstance(batch, BatchRange):
-        batch = BatchRange.parse(str(batch))
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AotiExportError("device 'cuda' requested but CUDA is not available to PyTorch here")
-    checks = sorted({int(b) for b in verify_batches if batch.min <= int(b) <= batch.max}) or [batch.min]
-    settable = {f.name for f in dataclasses.fields(Manifest)} - {"artifact", "sha256", "format"}
-    bad = sorted(set(manifest_fields or {}) - settable)
-    if bad:
-        raise ValueError(f"manifest_fields: {', '.join(map(repr, bad))} cannot be set (not a settable Manifest field)")
-
+    batch, checks = _checked_args(out_path, batch, device, verify_batches, manifest_fields)
     model, random_weights = _as_model(model_or_variant, checkpoint)
     cfg: ModelConfig = model.config
     model = model.eval().float().to(device)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-
-    if batch.min == batch.max:  # one fixed batch size: a static graph
-        example = torch.zeros(batch.min, 3, *cfg.input_hw, device=device)
-        dynamic = None
-    else:
-        # Trace with a batch of at least 2: with 1, export would specialise size-1 broadcasts.
-        example = torch.zeros(min(max(2, batch.min), batch.max), 3, *cfg.input_hw, device=device)
-        dynamic = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},)
-    started = time.perf_counter()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # FutureWarnings from torch.export internals
-            program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
-    except Exception as exc:
-        raise AotiExportError(f"torch.export failed for variant {cfg.name!r}: {_first_line(exc)}") from exc
-    exported_s = time.perf_counter() - started
-    log(f"torch.export: {exported_s:.1f} s, batch {batch.min}..{batch.max}" + (" (dynamic)" if dynamic else " (static)"))
-
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
-    try:
-        tmp_pkg = tmp_dir / out_path.name
-        started = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg))
-        except Exception as exc:
-            raise AotiExportError(
-                f"AOTInductor compilation failed for variant {cfg.name!r}: {_first_line(exc)} "
-                "(it needs a working C++ compiler on PATH)"
-            ) from exc
-        compiled_s = time.perf_counter() - started
-        log(f"AOTInductor compile: {compiled_s:.1f} s")
-
-        rows, package_meta = _verify(model, tmp_pkg, cfg, checks, device)
-        worst = max(r["max_abs"] for r in rows)
-        for r in rows:
-            log(f"pt2 vs eager PyTorch, batch {r['batch']}: max |heatmap diff| {r['max_abs']:.2e}")
-        if not worst <= tolerance:
-            raise AotiExportError(
-                f"the compiled package differs from eager PyTorch by {worst:.2e} > {tolerance:.0e}; nothing was written"
-            )
-        isa = package_meta.get("AOTI_CPU_ISA", "")
-        with open(tmp_pkg, "rb") as f:  # make the bytes durable before the rename publishes them
-            os.fsync(f.fileno())
-        os.replace(tmp_pkg, out_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-    report = {
-        "aoti_vs_torch": {"batches": rows, "max_abs": worst, "tolerance": tolerance, "passed": True},
-        "device": device,
-        "cpu_isa": isa,
-        "export_s": round(exported_s, 2),
-        "compile_s": round(compiled_s, 2),
-    }
+    program, exported_s = _trace(model, batch, device, log)
+    report = _compile_verified(program, model, out_path, checks, device, tolerance, log)
+    report["export_s"] = round(exported_s, 2)
     manifest = Manifest.for_config(
         cfg, artifact=out_path.name, format="pt2", precision="fp32", input_name=INPUT_NAME,
         output_name=OUTPUT_NAME, batch=batch.as_dict(), random_weights=random_weights,

@@ -20,6 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenpose.data.transforms import (
+    box_to_center_scale,
+    clip_box_to_image,
+    preprocess_crops,
+    read_image,
+)
 from tokenpose.errors import TokenPoseError
 from tokenpose.models.config import ModelConfig, get_config
 
@@ -126,6 +132,27 @@ def _person_boxes_from_folder(folder: Path) -> list[dict]:
     return [{"file": str(p), "image_id": -1, "bbox": None, "area": None} for p in files]
 
 
+def _person_boxes(path: Path, images_dir: Path | None, exclude_image_ids: Sequence[int]) -> tuple[str, list[dict]]:
+    """("folder" or "coco", its person boxes) for a calibration source; CalibrationError when none."""
+    if not path.exists():
+        raise CalibrationError(f"calibration data not found: {path}")
+    if path.is_dir():
+        entries = _person_boxes_from_folder(path)
+        if not entries:
+            raise CalibrationError(
+                f"calibration folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        return "folder", entries
+    if path.suffix.lower() != ".json":
+        raise CalibrationError(f"calibration data must be a folder of images or a COCO .json, got {path}")
+    entries, _ = _person_boxes_from_coco(path, images_dir)
+    excluded = {int(i) for i in exclude_image_ids}
+    entries = [e for e in entries if e["image_id"] not in excluded]
+    if not entries:
+        raise CalibrationError(f"COCO json {path} has no usable person boxes (non-crowd, >= 16 px)")
+    return "coco", entries
+
+
 def load_calibration_set(
     source: str | os.PathLike,
     config: ModelConfig | str,
@@ -142,36 +169,11 @@ def load_calibration_set(
     keep calibration apart from evaluation). Raises CalibrationError when the source does not
     exist, holds no image, or none of its images can be read.
     """
-    from tokenpose.data.transforms import (
-        box_to_center_scale,
-        clip_box_to_image,
-        preprocess_crops,
-        read_image,
-    )
-
     cfg = get_config(config)
     if max_samples < 1:
         raise CalibrationError(f"max_samples must be >= 1, got {max_samples}")
     path = Path(source)
-    if not path.exists():
-        raise CalibrationError(f"calibration data not found: {path}")
-    if path.is_dir():
-        kind = "folder"
-        entries = _person_boxes_from_folder(path)
-        if not entries:
-            raise CalibrationError(
-                f"calibration folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-    elif path.suffix.lower() == ".json":
-        kind = "coco"
-        entries, _ = _person_boxes_from_coco(path, Path(images_dir) if images_dir else None)
-        excluded = {int(i) for i in exclude_image_ids}
-        entries = [e for e in entries if e["image_id"] not in excluded]
-        if not entries:
-            raise CalibrationError(f"COCO json {path} has no usable person boxes (non-crowd, >= 16 px)")
-    else:
-        raise CalibrationError(f"calibration data must be a folder of images or a COCO .json, got {path}")
-
+    kind, entries = _person_boxes(path, Path(images_dir) if images_dir else None, exclude_image_ids)
     chosen = [entries[i] for i in _evenly(len(entries), max_samples)]
     crops, centers, scales, areas, ids, files, skipped = [], [], [], [], [], [], []
     cache: dict[str, np.ndarray | None] = {}

@@ -22,7 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from tokenpose.data.heatmaps import HeatmapCodec
+from tokenpose.data.transforms import affine_points, get_affine_transforms
 from tokenpose.errors import TokenPoseError
+from tokenpose.evaluation.oks import oks_pairs
 from tokenpose.models.config import ModelConfig
 
 __all__ = [
@@ -219,8 +222,6 @@ def compare_heatmaps(
     With crop `centers` (N, 2), `scales` (N, 2) and person `areas` (N,) pixels^2, OKS between the
     two predictions is computed in image pixels with the COCO sigmas (all joints count).
     """
-    from tokenpose.data.heatmaps import HeatmapCodec
-
     reference = np.asarray(reference, dtype=np.float32)
     test = np.asarray(test, dtype=np.float32)
     if reference.shape != test.shape:
@@ -236,9 +237,6 @@ def compare_heatmaps(
         input_px_per_heatmap_px=config.input_hw[1] / config.heatmap_hw[1],
     )
     if centers is not None and scales is not None and areas is not None and config.num_joints == 17:
-        from tokenpose.data.transforms import affine_points, get_affine_transforms
-        from tokenpose.evaluation.oks import oks_pairs
-
         h, w = config.heatmap_hw
         mats = get_affine_transforms(centers, scales, 0.0, (w, h), inv=True)
         img_ref, img_test = affine_points(k_ref, mats), affine_points(k_test, mats)

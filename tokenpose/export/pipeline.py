@@ -4,32 +4,30 @@ Every artifact is checked before it is written and written atomically with its m
 
 1. FP32: export, `check_graph`, optional onnxslim pass, ONNX Runtime vs PyTorch on batches 1 and
    a larger one (max abs heatmap difference must be <= `tolerance`, 1e-4).
-2. FP16 / INT8: convert, check, then ONNX Runtime FP16/INT8 vs ONNX Runtime FP32 on the real
-   crops of the calibration data (synthetic inputs when there is none, FP16 only): heatmap and
-   keypoint differences, OKS for COCO variants.
-3. Engines: one per ONNX model when TensorRT imports (or a one-line reason why not).
+2. Derived precisions, each one convert -> check -> compare -> manifest -> write
+   (`_write_derived`): FP16; INT8 (Q/DQ, unquantized ops in FP32: the CPU model); INT8 on FP16
+   (the same Q/DQ, unquantized ops in FP16: the GPU model, written when engines are built or on
+   request). Compared with ONNX Runtime FP32 on the real crops of the calibration data (synthetic
+   inputs when there is none, FP16 only): heatmap and keypoint differences, OKS for COCO variants.
+3. Engines: one per precision when TensorRT imports (or a one-line reason why not); the INT8
+   engine is built from the GPU INT8 model when there is one.
 
 Files in `out_dir`: `tokenpose_<variant>_<precision>.onnx` / `.engine`, each with `<file>.json`,
-and `tokenpose.timing.cache` shared by the engine builds.
+`tokenpose_<variant>_int8-fp16.onnx` (GPU INT8), and `tokenpose.timing.cache` shared by the engine
+builds. Temp files a killed run left in `out_dir` are removed when the next export starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from tokenpose.export.aoti import aoti_artifact_name, export_aoti
 from tokenpose.export.calibration import CalibrationSet, load_calibration_set
-from tokenpose.manifest import (
-    BatchRange,
-    Manifest,
-    manifest_path,
-    sha256_file,
-    write_manifest,
-)
 from tokenpose.export.onnx import (
     ExportError,
     check_graph,
@@ -41,9 +39,26 @@ from tokenpose.export.onnx import (
     synthetic_inputs,
     verify_against_torch,
 )
-from tokenpose.export.precision import Int8Settings, convert_fp16, quantize_int8
-from tokenpose.files import atomic_write
-from tokenpose.models.config import get_config
+from tokenpose.export.precision import (
+    INT8_FP16_OPSET,
+    Int8Settings,
+    convert_fp16,
+    int8_on_fp16,
+    quantize_int8,
+)
+from tokenpose.export.tensorrt import build_engine, tensorrt_unavailable_reason
+from tokenpose.export.triton import write_triton_model
+from tokenpose.files import NotWritableError, atomic_write, remove_stale_temp_files
+from tokenpose.files import ensure_writable_dir as _ensure_writable_dir
+from tokenpose.manifest import (
+    BatchRange,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from tokenpose.models import create_model
+from tokenpose.models.config import ModelConfig, get_config
 
 __all__ = [
     "RANDOM_WEIGHTS_NOTE",
@@ -60,11 +75,16 @@ RANDOM_WEIGHTS_NOTE = (
     "exist); the files run but their predictions mean nothing"
 )
 TIMING_CACHE_NAME = "tokenpose.timing.cache"
+FP16_CPU_RUNTIME = "onnxruntime CPU (float16 ops without a CPU kernel run in float32)"
 
 
 @dataclass
 class ExportOptions:
-    """What to export. Sizes come from the variant; batch is the engine profile (min:opt:max)."""
+    """What to export. Sizes come from the variant; batch is the engine profile (min:opt:max).
+
+    int8_gpu: also write the GPU INT8 model (`..._int8-fp16.onnx`, Q/DQ on the FP16 model);
+    None: exactly when engines are built (the INT8 engine is then built from it).
+    """
 
     variant: str
     out_dir: Path = Path("engines")
@@ -84,6 +104,9 @@ class ExportOptions:
     workspace_gib: float = 4.0
     timing_cache: Path | None = None  # default: out_dir / tokenpose.timing.cache
     aoti: bool = False  # also an AOTInductor package (.pt2) for libtorch / the C++ example
+    int8_gpu: bool | None = None
+    tf32: bool = False  # let the FP32 layers of TensorRT engines use TF32 (off: "fp32" means FP32)
+    triton: bool = False  # also a Triton model repository under out_dir/triton
 
 
 @dataclass
@@ -108,17 +131,10 @@ def artifact_name(variant: str, precision: str, suffix: str = ".onnx") -> str:
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and prove a file can be created in it; ExportError otherwise."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ExportError(f"output folder {path} exists and is not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tokenpose-write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ExportError(f"output folder {path} is not writable: {exc.strerror or exc}") from None
-    return path
+        return _ensure_writable_dir(path)
+    except NotWritableError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _set_metadata(proto, manifest: Manifest) -> None:
@@ -139,11 +155,8 @@ def _write_onnx(proto, manifest: Manifest, path: Path) -> ExportedArtifact:
     return ExportedArtifact(path, mpath, "onnx", manifest.precision, manifest.verification or {})
 
 
-def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> ExportSummary:
-    """Run the whole export; returns what was written. Raises TokenPoseError subclasses / ValueError."""
-    from tokenpose.models import create_model
-
-    cfg = get_config(options.variant)
+def _checked_batch(options: ExportOptions) -> BatchRange:
+    """The batch range, after the checks that need no file: ValueError naming the option."""
     batch = options.batch
     if not isinstance(batch, BatchRange):
         batch = BatchRange.parse(str(batch))
@@ -151,8 +164,20 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> 
         raise ValueError(f"--opset must be >= 17 (LayerNormalization is native from 17), got {options.opset}")
     if options.int8 and options.calib_data is None:
         raise ValueError("--int8 needs --calib-data: a folder of person images or a COCO keypoints json")
+    if options.int8_gpu and not options.int8:
+        raise ValueError("--int8-gpu needs --int8 (it is the INT8 model on the FP16 base)")
+    return batch
+
+
+def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> ExportSummary:
+    """Run the whole export; returns what was written. Raises TokenPoseError subclasses / ValueError."""
+    cfg = get_config(options.variant)
+    batch = _checked_batch(options)
     engine_wanted, engine_reason = _engine_decision(options.engine)
     out_dir = ensure_writable_dir(options.out_dir)
+    stale = remove_stale_temp_files(out_dir)
+    if stale:
+        log(f"removed {len(stale)} temp file(s) a killed run left in {out_dir}")
     summary = ExportSummary()
 
     calib: CalibrationSet | None = None
@@ -170,7 +195,52 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> 
         "checkpoint": None if options.checkpoint is None else Path(options.checkpoint).name,
         "checkpoint_sha256": None if options.checkpoint is None else sha256_file(options.checkpoint),
     }
+    proto, fp32_session, fp32 = _export_fp32(model, options, calib, out_dir / artifact_name(cfg.name, "fp32"),
+                                             common, log)
+    summary.artifacts.append(fp32)
+    if options.aoti:
+        done = export_aoti(
+            model, out_dir / aoti_artifact_name(cfg.name), batch=batch, log=log,
+            manifest_fields={k: common[k] for k in ("random_weights", "checkpoint", "checkpoint_sha256")},
+        )
+        summary.artifacts.append(ExportedArtifact(done.path, done.manifest, "pt2", "fp32", done.report))
 
+    onnx_models = {"fp32": fp32}
+    if options.fp16 or options.int8:
+        reference = _Reference.of(fp32_session, cfg, calib)
+        int8_gpu = engine_wanted if options.int8_gpu is None else options.int8_gpu
+        for derived in _derived_models(proto, options, calib, int8_gpu):
+            path = out_dir / artifact_name(cfg.name, derived.name)
+            onnx_models[derived.name] = _write_derived(derived, reference, cfg, common, path, log)
+            summary.artifacts.append(onnx_models[derived.name])
+
+    if engine_wanted:
+        if "int8-fp16" in onnx_models:  # the GPU INT8 model replaces the CPU one as the engine's source
+            onnx_models.pop("int8")
+        cache = options.timing_cache or out_dir / TIMING_CACHE_NAME
+        for onnx_artifact in onnx_models.values():
+            summary.artifacts.append(_build_engine_artifact(onnx_artifact, cfg, batch, common, cache, options, log))
+    else:
+        summary.engine_skipped = engine_reason
+        log(f"engine step skipped: {engine_reason}")
+    if options.triton:
+        _write_triton_repository(summary.artifacts, out_dir / "triton", batch, log)
+    return summary
+
+
+def _write_triton_repository(artifacts: list[ExportedArtifact], repository: Path, batch: BatchRange,
+                             log: Callable[[str], None]) -> None:
+    """One Triton model per ONNX model and TensorRT engine; preferred batches: the profile's opt and max."""
+    for artifact in artifacts:
+        if artifact.format in ("onnx", "tensorrt"):
+            folder = write_triton_model(artifact.path, read_manifest(artifact.path), repository,
+                                        preferred=(batch.opt, batch.max))
+            log(f"wrote Triton model {folder}")
+
+
+def _export_fp32(model, options: ExportOptions, calib: CalibrationSet | None, path: Path, common: dict,
+                 log: Callable[[str], None]):
+    """Export, check, simplify and verify the FP32 model, then write it: (proto, session, artifact)."""
     proto = export_onnx_model(model, opset=options.opset)
     check_graph(proto)
     simplify_info = {"applied": False, "reason": "disabled (--no-simplify)"}
@@ -178,9 +248,9 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> 
         proto, simplify_info = simplify_graph(proto)
         check_graph(proto)
         log(f"simplification: {simplify_info['tool'] or 'none'}: {simplify_info['reason']}")
-    fp32_session = ort_session(proto)
+    session = ort_session(proto)
     parity = verify_against_torch(
-        model, proto, batches=options.verify_batches, tolerance=options.tolerance, session=fp32_session,
+        model, proto, batches=options.verify_batches, tolerance=options.tolerance, session=session,
         inputs=None if calib is None else calib.images,
     )
     for row in parity.rows:
@@ -190,77 +260,86 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> 
         raise ExportError(
             f"FP32 ONNX differs from PyTorch by {parity.max_abs:.2e} > {options.tolerance:.0e}; nothing was written"
         )
-    fp32_path = out_dir / artifact_name(cfg.name, "fp32")
     manifest = Manifest.for_config(
-        cfg, artifact=fp32_path.name, format="onnx", precision="fp32", **common,
+        model.config, artifact=path.name, format="onnx", precision="fp32", **common,
         verification={"onnxruntime_vs_torch": parity.to_dict(), "simplification": simplify_info},
     )
-    summary.artifacts.append(_write_onnx(proto, manifest, fp32_path))
-    log(f"wrote {fp32_path}")
+    artifact = _write_onnx(proto, manifest, path)
+    log(f"wrote {path}")
+    return proto, session, artifact
 
-    if options.aoti:
-        from tokenpose.export.aoti import aoti_artifact_name, export_aoti
 
-        done = export_aoti(
-            model, out_dir / aoti_artifact_name(cfg.name), batch=batch, log=log,
-            manifest_fields={k: common[k] for k in ("random_weights", "checkpoint", "checkpoint_sha256")},
-        )
-        summary.artifacts.append(ExportedArtifact(done.path, done.manifest, "pt2", "fp32", done.report))
+@dataclass
+class _Reference:
+    """What every derived precision is compared with: ONNX Runtime FP32 heatmaps (N, J, h, w) of
+    `images` (N, 3, H, W), with the crop boxes (centers, scales, areas) when they are real crops."""
 
-    if options.fp16 or options.int8:
-        if calib is not None:
-            eval_x, where = calib.images, f"{len(calib)} real crops of {Path(calib.source).name}"
+    images: np.ndarray
+    heatmaps: np.ndarray
+    where: str
+    boxes: dict
+
+    @classmethod
+    def of(cls, fp32_session, cfg: ModelConfig, calib: CalibrationSet | None) -> _Reference:
+        if calib is None:
+            images, where, boxes = synthetic_inputs(cfg, 8), "8 synthetic inputs (pass --calib-data for real crops)", {}
         else:
-            eval_x, where = synthetic_inputs(cfg, 8), "8 synthetic inputs (pass --calib-data for real crops)"
-        ref = run_session(fp32_session, eval_x, batch_size=8)
-        boxes = {} if calib is None else {"centers": calib.centers, "scales": calib.scales, "areas": calib.areas}
+            images, where = calib.images, f"{len(calib)} real crops of {Path(calib.source).name}"
+            boxes = {"centers": calib.centers, "scales": calib.scales, "areas": calib.areas}
+        return cls(images, run_session(fp32_session, images, batch_size=8), where, boxes)
 
+
+@dataclass
+class _Derived:
+    """A model derived from the FP32 one. name: file tag and log label; fields: its own manifest
+    fields; runtime: what ran the comparison; note: said after the inputs in the log line."""
+
+    name: str
+    precision: str
+    proto: object
+    fields: dict
+    runtime: str
+    note: str = ""
+
+
+def _derived_models(proto, options: ExportOptions, calib: CalibrationSet | None,
+                    int8_gpu: bool) -> Iterator[_Derived]:
+    """The FP16, INT8 (CPU) and INT8-on-FP16 (GPU) models asked for, converted one at a time."""
     if options.fp16:
-        fp16_proto, fp16_info = convert_fp16(proto, keep_head_fp32=options.fp16_keep_head_fp32)
-        check_graph(fp16_proto)
-        got = run_session(ort_session(fp16_proto), eval_x, batch_size=8)
-        agree = compare_heatmaps(ref, got, cfg, **boxes)
-        log(_agreement_line("fp16", agree, where))
-        path = out_dir / artifact_name(cfg.name, "fp16")
-        manifest = Manifest.for_config(
-            cfg, artifact=path.name, format="onnx", precision="fp16", **common, higher_precision=fp16_info,
-            verification={"vs_fp32": {**agree.to_dict(), "inputs": where,
-                                      "runtime": "onnxruntime CPU (float16 ops without a CPU kernel run in float32)"}},
-        )
-        summary.artifacts.append(_write_onnx(fp16_proto, manifest, path))
-        log(f"wrote {path}")
+        fp16, info = convert_fp16(proto, keep_head_fp32=options.fp16_keep_head_fp32)
+        yield _Derived("fp16", "fp16", fp16, {"higher_precision": info}, FP16_CPU_RUNTIME)
+    if not options.int8:
+        return
+    int8, info = quantize_int8(proto, calib, settings=options.int8_settings)
+    calibration = info.pop("calibration")
+    note = " (the calibration crops themselves)"
+    yield _Derived("int8", "int8", int8, {"calibration": calibration, "higher_precision": info, "int8_base": "fp32"},
+                   "onnxruntime CPU", note)
+    if int8_gpu:
+        gpu, fp16_info = int8_on_fp16(int8, keep_head_fp32=options.fp16_keep_head_fp32)
+        yield _Derived("int8-fp16", "int8", gpu, {
+            "calibration": calibration, "int8_base": "fp16", "opset": INT8_FP16_OPSET,
+            "higher_precision": {"int8": info, "fp16": fp16_info},
+        }, FP16_CPU_RUNTIME, note)
 
-    if options.int8:
-        int8_proto, int8_info = quantize_int8(proto, calib, settings=options.int8_settings)
-        check_graph(int8_proto)
-        got = run_session(ort_session(int8_proto), eval_x, batch_size=8)
-        agree = compare_heatmaps(ref, got, cfg, **boxes)
-        log(_agreement_line("int8", agree, where + " (the calibration crops themselves)"))
-        path = out_dir / artifact_name(cfg.name, "int8")
-        manifest = Manifest.for_config(
-            cfg, artifact=path.name, format="onnx", precision="int8", **common,
-            calibration=int8_info["calibration"],
-            higher_precision={k: v for k, v in int8_info.items() if k != "calibration"},
-            verification={"vs_fp32": {**agree.to_dict(), "inputs": where, "runtime": "onnxruntime CPU"}},
-        )
-        summary.artifacts.append(_write_onnx(int8_proto, manifest, path))
-        log(f"wrote {path}")
 
-    if not engine_wanted:
-        summary.engine_skipped = engine_reason
-        log(f"engine step skipped: {engine_reason}")
-        return summary
-    cache = options.timing_cache or out_dir / TIMING_CACHE_NAME
-    for onnx_artifact in [a for a in summary.artifacts if a.format == "onnx"]:
-        summary.artifacts.append(
-            _build_engine_artifact(onnx_artifact, cfg, batch, common, cache, options.workspace_gib, log)
-        )
-    return summary
+def _write_derived(derived: _Derived, reference: _Reference, cfg: ModelConfig, common: dict, path: Path,
+                   log: Callable[[str], None]) -> ExportedArtifact:
+    """Check a derived model, compare it with FP32 on the reference inputs, write it and its manifest."""
+    check_graph(derived.proto)
+    got = run_session(ort_session(derived.proto), reference.images, batch_size=8)
+    agree = compare_heatmaps(reference.heatmaps, got, cfg, **reference.boxes)
+    log(_agreement_line(derived.name, agree, reference.where + derived.note))
+    manifest = Manifest.for_config(
+        cfg, artifact=path.name, format="onnx", precision=derived.precision, **{**common, **derived.fields},
+        verification={"vs_fp32": {**agree.to_dict(), "inputs": reference.where, "runtime": derived.runtime}},
+    )
+    artifact = _write_onnx(derived.proto, manifest, path)
+    log(f"wrote {path}")
+    return artifact
 
 
 def _engine_decision(engine: bool | None) -> tuple[bool, str | None]:
-    from tokenpose.export.tensorrt import tensorrt_unavailable_reason
-
     reason = tensorrt_unavailable_reason()
     if engine is False:
         return False, "disabled (--no-engine)"
@@ -281,14 +360,13 @@ def _agreement_line(precision: str, agree, where: str) -> str:
 
 
 def _build_engine_artifact(onnx_artifact: ExportedArtifact, cfg, batch: BatchRange, common: dict,
-                           cache: Path, workspace_gib: float, log) -> ExportedArtifact:
-    from tokenpose.export.tensorrt import build_engine
-
+                           cache: Path, options: ExportOptions, log) -> ExportedArtifact:
     result = build_engine(
         onnx_artifact.path, precision=onnx_artifact.precision, batch=batch, input_hw=cfg.input_hw,
-        workspace_bytes=int(workspace_gib * (1 << 30)), timing_cache=cache,
+        workspace_bytes=int(options.workspace_gib * (1 << 30)), timing_cache=cache, tf32=options.tf32,
     )
-    path = onnx_artifact.path.with_suffix(".engine")
+    # Named by precision: the INT8 engine of the GPU INT8 model is `..._int8.engine` too.
+    path = onnx_artifact.path.with_name(artifact_name(cfg.name, onnx_artifact.precision, ".engine"))
     if not result.gpu:
         # An engine only runs on the GPU it was built for; without its name no load could check it.
         raise ExportError(f"built a TensorRT engine but could not read the GPU's name; {path.name} was not written")
@@ -300,14 +378,13 @@ def _build_engine_artifact(onnx_artifact: ExportedArtifact, cfg, batch: BatchRan
         f"layer precisions {lp['by_precision']}; {lp['message']}")
     if lp["fallback"]:
         log(f"warning: {onnx_artifact.precision} engine fell back to higher precision: {lp['message']}")
-    source_manifest = Manifest.from_dict(
-        json.loads(manifest_path(onnx_artifact.path).read_text())
-    )
+    source_manifest = read_manifest(onnx_artifact.path)
     manifest = Manifest.for_config(
-        cfg, artifact=path.name, format="tensorrt", precision=onnx_artifact.precision, **common,
+        cfg, artifact=path.name, format="tensorrt", precision=onnx_artifact.precision,
+        **{**common, "opset": source_manifest.opset},
         calibration=source_manifest.calibration, higher_precision=source_manifest.higher_precision,
-        source=onnx_artifact.path.name, gpu=result.gpu,
-        verification={"layer_precisions": lp, "strongly_typed": result.strongly_typed,
+        int8_base=source_manifest.int8_base, source=onnx_artifact.path.name, gpu=result.gpu,
+        verification={"layer_precisions": lp, "strongly_typed": result.strongly_typed, "tf32": result.tf32,
                       "profile": {k: list(v) for k, v in result.profile.items()},
                       "timing_cache": Path(cache).name, "build_seconds": result.build_seconds},
     )

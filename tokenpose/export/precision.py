@@ -13,7 +13,12 @@ INT8 (`quantize_int8`): ONNX Runtime's `quantize_static` in QDQ format, symmetri
 and per-channel symmetric int8 weights (what TensorRT's explicit quantization expects), calibrated
 on real person crops. Conv and weight MatMuls are quantized; the attention matmuls (two activation
 inputs; the softmax output would get only 128 levels over [0, 1]) and the heatmap projection stay
-in float32 by default.
+in float32 by default. That is the CPU INT8 model: its unquantized ops run in float32.
+
+INT8 on FP16 (`int8_on_fp16`): the GPU INT8 model. A strongly typed TensorRT network computes
+exactly the ONNX types, so the CPU layout would run LayerNorm, Softmax, the attention matmuls and
+the head in FP32 on the GPU. This one takes the same Q/DQ model and puts it on the FP16 base of
+`convert_fp16`: INT8 where quantized, float16 elsewhere, LayerNorm/Softmax in float32.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from tokenpose.export.onnx import ExportError
 __all__ = [
     "FP16_KEEP_FP32_OPS",
     "INT8_CALIBRATION_METHODS",
+    "INT8_FP16_OPSET",
     "Int8Settings",
     "classify_matmuls",
     "convert_fp16",
+    "int8_on_fp16",
     "quantize_int8",
 ]
 
@@ -42,6 +49,8 @@ __all__ = [
 # overflow or lose the small differences that matter in float16.
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax")
 INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# QuantizeLinear/DequantizeLinear take float16 scales from opset 19 on.
+INT8_FP16_OPSET = 19
 
 
 def _head_projection_nodes(proto) -> list[str]:
@@ -166,13 +175,8 @@ def _tool_version(dist: str) -> str:
         return dist
 
 
-def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -> tuple[object, dict]:
-    """FP32 `onnx.ModelProto` -> INT8 Q/DQ model calibrated on `calibration` (a CalibrationSet).
-
-    Symmetric int8 activations, per-channel symmetric int8 weights, QDQ format (explicit
-    quantization for TensorRT). Returns (model, info); info records the calibration (size,
-    method, source) and the nodes left in float32 for the manifest.
-    """
+def _quantize_static(proto, calibration, settings: Int8Settings, excluded: list[str]):
+    """ONNX Runtime's `quantize_static` (QDQ, symmetric int8, per-channel weights) on `proto`."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -181,16 +185,6 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
         QuantType,
         quantize_static,
     )
-
-    settings = settings or Int8Settings()
-    if len(calibration) == 0:
-        raise ExportError("INT8 calibration set is empty")
-    groups = classify_matmuls(proto)
-    excluded = list(settings.exclude_nodes)
-    if not settings.quantize_attention:
-        excluded += groups["attention"]
-    if not settings.quantize_head:
-        excluded += groups["head"]
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -222,18 +216,32 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
                     op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
                     calibrate_method=method, extra_options=extra,
                 )
-        except ExportError:
-            raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises plain Exceptions from its calibrators
             raise ExportError(f"INT8 quantization failed: {type(exc).__name__}: {exc}") from None
         finally:
             logging.disable(logging.NOTSET)
             ort_logger.setLevel(previous)
-        out = onnx.load(str(dst))
-    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
-    for n in out.graph.node:
-        if n.op_type in counts:
-            counts[n.op_type] += 1
+        return onnx.load(str(dst))
+
+
+def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -> tuple[object, dict]:
+    """FP32 `onnx.ModelProto` -> INT8 Q/DQ model calibrated on `calibration` (a CalibrationSet).
+
+    Symmetric int8 activations, per-channel symmetric int8 weights, QDQ format (explicit
+    quantization for TensorRT); every op left unquantized computes in float32 (the CPU layout;
+    `int8_on_fp16` makes the GPU one). Returns (model, info); info records the calibration (size,
+    method, source) and the nodes left in float32 for the manifest.
+    """
+    settings = settings or Int8Settings()
+    if len(calibration) == 0:
+        raise ExportError("INT8 calibration set is empty")
+    groups = classify_matmuls(proto)
+    excluded = list(settings.exclude_nodes)
+    if not settings.quantize_attention:
+        excluded += groups["attention"]
+    if not settings.quantize_head:
+        excluded += groups["head"]
+    out = _quantize_static(proto, calibration, settings, excluded)
     quantized = [n for n in groups["weight"] if n not in excluded] + (
         groups["attention"] if settings.quantize_attention else []) + (
         groups["head"] if settings.quantize_head else [])
@@ -247,7 +255,7 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
         "scheme": "QDQ, int8 symmetric activations (per tensor), int8 symmetric weights (per channel)",
         "quantized_op_types": list(settings.op_types),
         "num_quantized_nodes": len(quantized),
-        "qdq_nodes": counts,
+        "qdq_nodes": _qdq_counts(out),
         "fp32_nodes": sorted(set(excluded)),
         "fp32_reason": {
             "attention": "activation x activation matmuls (Q K^T, softmax V) kept in float32"
@@ -258,3 +266,44 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
     }
     return out, info
 
+
+def _qdq_counts(proto) -> dict[str, int]:
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for n in proto.graph.node:
+        if n.op_type in counts:
+            counts[n.op_type] += 1
+    return counts
+
+
+def int8_on_fp16(
+    int8_proto,
+    *,
+    keep_fp32_ops: Sequence[str] = FP16_KEEP_FP32_OPS,
+    keep_head_fp32: bool = False,
+) -> tuple[object, dict]:
+    """INT8 Q/DQ model of `quantize_int8` -> the same quantization on an FP16 base (the GPU layout).
+
+    The quantized Conv/MatMuls keep their int8 weights and activation scales; every other op
+    (attention matmuls, GELU, residual adds, the head unless `keep_head_fp32`) computes in float16
+    as in `convert_fp16`, with LayerNormalization and Softmax in float32. The Q/DQ scales become
+    float16 (allowed from opset 19, so the model is converted to opset 19), so DequantizeLinear
+    yields float16 straight into its Conv/MatMul with no Cast between, the pattern TensorRT fuses
+    into INT8 kernels. I/O stays float32. Returns (model, info) with the FP16 conversion's info.
+    """
+    import onnx
+    from onnx import version_converter
+
+    opset = max(o.version for o in int8_proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < INT8_FP16_OPSET:
+        try:
+            int8_proto = version_converter.convert_version(int8_proto, INT8_FP16_OPSET)
+        except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError or its C++ errors
+            raise ExportError(f"cannot convert the INT8 model to opset {INT8_FP16_OPSET}: {exc}") from None
+    out, info = convert_fp16(int8_proto, keep_fp32_ops=keep_fp32_ops, keep_head_fp32=keep_head_fp32)
+    inits = {i.name: i.data_type for i in out.graph.initializer}
+    wrong = [n.name for n in out.graph.node
+             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and inits.get(n.input[1]) != onnx.TensorProto.FLOAT16]
+    if wrong:
+        raise ExportError(f"{len(wrong)} Q/DQ nodes kept float32 scales in the INT8-on-FP16 model, e.g. {wrong[0]}")
+    info["scales"] = f"float16 Q/DQ scales (opset {INT8_FP16_OPSET})"
+    return out, info

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tokenpose.models.config import ModelConfig, get_config, list_variants
+from tokenpose.models.tokenpose import TokenPose
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,6 @@ def _paper_convention_hooks(model: nn.Module, total: list[float]) -> list:
 
 def measure(variant: str | ModelConfig) -> Complexity:
     """Count parameters and FLOPs of one variant for a single image (runs on the meta device)."""
-    from tokenpose.models.tokenpose import TokenPose
-
     cfg = get_config(variant)
     with torch.device("meta"):
         model = TokenPose(cfg).eval()

@@ -119,8 +119,9 @@ def detect_people(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Person boxes (N, 4) xywh pixels and scores (N,) of a BGR uint8 image.
 
-    Uses the HOG detector (whole image with one warning when this OpenCV lacks it); when it finds nobody and `whole_image_fallback` is set, returns the
-    whole image as one box with score 0.01 (a low score marks it as a guess).
+    Uses the HOG detector (whole image with one warning when this OpenCV lacks it); when it finds
+    nobody and `whole_image_fallback` is set, returns the whole image as one box with score 0.01
+    (a low score marks it as a guess).
     """
     if not hog_available():
         if not whole_image_fallback:

@@ -63,7 +63,12 @@ def draw_poses(
     Line width and dot size scale with the image size.
     """
     out = image_bgr.copy()
-    keypoints = np.asarray(keypoints, dtype=np.float64)
+    # OpenCV takes int32 points; far-off points (a bad box) would overflow it. Clipped well
+    # outside the image, they still draw the right part of a line that crosses it.
+    limit = 8.0 * max(out.shape[:2])
+    keypoints = np.clip(np.asarray(keypoints, dtype=np.float64), -limit, limit)
+    if boxes is not None:
+        boxes = np.clip(np.asarray(boxes, dtype=np.float64), -limit, 2 * limit)
     scores = np.asarray(scores, dtype=np.float64).reshape(keypoints.shape[:2])
     links, left, right, face = skeleton_for(keypoints.shape[1])
     links = skeleton if skeleton is not None else links
@@ -83,3 +88,19 @@ def draw_poses(
             centre = tuple(int(round(v)) for v in pts[j])
             cv2.circle(out, centre, radius, _joint_colour(int(j), left, right, face), -1, cv2.LINE_AA)
     return out
+
+
+def draw_results(
+    image_bgr: np.ndarray, results: Sequence[dict], *, keypoint_threshold: float = 0.3, person_threshold: float = 0.0
+) -> np.ndarray:
+    """A copy of `image_bgr` with the people of its COCO keypoint results drawn (see `draw_poses`).
+
+    results: dicts with "keypoints" ([x, y, score] * J, pixels), "bbox" (x, y, w, h) and "score"
+    (the person score; people below `person_threshold` are not drawn).
+    """
+    people = [r for r in results if r["score"] >= person_threshold]
+    if not people:
+        return image_bgr.copy()
+    kpts = np.array([r["keypoints"] for r in people], dtype=np.float64).reshape(len(people), -1, 3)
+    boxes = np.array([r["bbox"] for r in people], dtype=np.float64)
+    return draw_poses(image_bgr, kpts[..., :2], kpts[..., 2], boxes=boxes, keypoint_threshold=keypoint_threshold)

@@ -9,6 +9,7 @@ Only rank 0 writes files and prints. BatchNorm is not synchronised, as in the of
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
+
+from tokenpose.errors import TokenPoseError
 
 T = TypeVar("T")
 
@@ -84,11 +87,6 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or `model` itself)."""
-    return getattr(model, "module", model)
-
-
 def barrier(ctx: DistributedContext) -> None:
     if ctx.distributed:
         dist.barrier()
@@ -130,10 +128,6 @@ def on_main(fn: Callable[[], T], ctx: DistributedContext) -> T | None:
 
 def _rebuild_error(module: str, qualname: str, message: str) -> Exception:
     """An exception of the named type with `message` (TokenPoseError when that cannot be made)."""
-    import importlib
-
-    from tokenpose.errors import TokenPoseError
-
     try:
         cls = importlib.import_module(module)
         for part in qualname.split("."):

@@ -26,28 +26,36 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import TextColumn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
-from tokenpose.data.roots import resolve_data_files
 from tokenpose.errors import CheckpointError, TokenPoseError
-from tokenpose.files import atomic_torch_save, atomic_write
+from tokenpose.files import atomic_torch_save, atomic_write, check_writable, remove_stale_temp_files
 from tokenpose.models import create_model
 from tokenpose.models.checkpoints import (
+    load_hrnet_imagenet,
     load_official_state_dict,
     read_checkpoint,
     to_official_state_dict,
 )
-from tokenpose.models.config import ModelConfig
+from tokenpose.progress import make_progress
+from tokenpose.training.checkpointing import (
+    CHECKPOINT_VERSION,
+    check_settings,
+    read_metrics,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from tokenpose.training.config import TrainConfig
+from tokenpose.training.datasets import base_dataset, build_train_dataset, build_val_dataset, evaluate_coco
 from tokenpose.training.distributed import (
     DistributedContext,
     ResumableSampler,
@@ -57,169 +65,9 @@ from tokenpose.training.distributed import (
     init_distributed,
     on_main,
     resolve_device,
-    unwrap_model,
     wrap_model,
 )
 from tokenpose.training.loss import JointsMSELoss
-
-# 2: train_state's epoch_loss_sum / epoch_seconds are sums over all ranks (1: rank 0's own).
-CHECKPOINT_VERSION = 2
-
-# Reference §5.2: the ImageNet HRNet keys the official B/L training loads (top-level names).
-HRNET_PRETRAINED_PREFIXES = (
-    "conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "stage2", "transition2", "stage3",
-)
-
-
-def load_hrnet_imagenet(model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """Initialise the HRNet backbone of a B/L model from an ImageNet HRNet-W32/W48 checkpoint.
-
-    Loads every key whose top-level name is in HRNET_PRETRAINED_PREFIXES and that the backbone
-    has (the ImageNet model's stage 4, head and classifier are ignored, and so are the stage-3
-    fuse layers into branches 1-2 that TokenPose drops). Returns the loaded keys (backbone names).
-    Raises CheckpointError when the model has no HRNet, the file matches no key, or shapes differ
-    (e.g. W48 weights for a W32 model).
-    """
-    model = unwrap_model(model)
-    cfg: ModelConfig = model.config
-    if not cfg.backbone.startswith("hrnet"):
-        raise CheckpointError(
-            f"--hrnet-pretrained is for the HRNet variants (b, l-*); {cfg.name!r} has backbone {cfg.backbone!r}"
-        )
-    raw = read_checkpoint(path)
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    sd = {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    own = model.backbone.state_dict()
-    wanted = {k: v for k, v in sd.items() if k.split(".", 1)[0] in HRNET_PRETRAINED_PREFIXES and k in own}
-    if not wanted:
-        raise CheckpointError(
-            f"{path}: no HRNet key matches the {cfg.name!r} backbone (expected names like "
-            f"'conv1.weight', 'stage2.0.branches.0.0.conv1.weight'); is it an ImageNet HRNet checkpoint?"
-        )
-    misshaped = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in wanted.items() if v.shape != own[k].shape]
-    if misshaped:
-        width = cfg.backbone.removeprefix("hrnet_").upper()
-        raise CheckpointError(
-            f"{path}: {len(misshaped)} HRNet key(s) do not fit the {cfg.name!r} backbone (HRNet-{width}), "
-            f"e.g. {misshaped[0]}"
-        )
-    model.backbone.load_state_dict(wanted, strict=False)
-    return sorted(wanted)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; `deterministic` also selects deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = torch.cuda.is_available()
-
-
-def rng_state() -> dict:
-    """Python, numpy and torch (CPU + CUDA) RNG states as tensors/ints (weights_only-loadable)."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of `rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def build_train_dataset(cfg: TrainConfig) -> Dataset:
-    """The training dataset of `cfg` (augmented unless cfg.augment is False), cut to max_images."""
-    mc = cfg.model_config
-    ann, images = resolve_data_files(cfg.dataset_name, cfg.data_root, cfg.ann_file, cfg.image_dir, "train")
-    if cfg.dataset_name == "coco":
-        from tokenpose.data.coco import CocoKeypoints
-
-        ds = CocoKeypoints.from_config(mc, ann, images, train=cfg.augment, seed=cfg.seed, on_bad=cfg.on_bad)
-    else:
-        from tokenpose.data.mpii import MpiiKeypoints
-
-        ds = MpiiKeypoints.from_config(mc, ann, images, train=cfg.augment, seed=cfg.seed, on_bad=cfg.on_bad)
-    if len(ds) == 0:
-        raise TokenPoseError(f"the training set {ann} holds no usable person")
-    if cfg.max_images is not None and cfg.max_images < len(ds):
-        ds = Subset(ds, range(cfg.max_images))
-    return ds
-
-
-def _base_dataset(ds: Dataset) -> Dataset:
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    return ds
-
-
-def build_val_dataset(cfg: TrainConfig) -> Dataset | None:
-    """The COCO validation set (ground-truth boxes, no augmentation), or None.
-    (`TrainConfig.validate` rejects a validation set for MPII.)"""
-    if cfg.val_ann_file is None:
-        return None
-    from tokenpose.data.coco import CocoKeypoints
-
-    # Without --val-image-dir, look for the images beside the json as in a COCO root
-    # (<root>/annotations/x.json -> <root>/images/<split>, <root>/<split> or <root>/images).
-    ann, images = resolve_data_files("coco", cfg.val_ann_file.parent.parent, cfg.val_ann_file, cfg.val_image_dir,
-                                     "val")
-    return CocoKeypoints.from_config(cfg.model_config, ann, images, train=False, on_bad=cfg.on_bad)
-
-
-@torch.no_grad()
-def evaluate_coco(model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu",
-                  batch_size: int = 32, flip_test: bool = True, workers: int = 0) -> dict[str, float]:
-    """COCO keypoint AP of `model` on a (non-augmented) COCO dataset's boxes.
-
-    Heatmaps (B, J, h, w) (flip-test averaged when `flip_test`) are decoded with the codec
-    (argmax + DARK) back to image pixels and scored by `CocoEvaluator` (rescoring, OKS NMS).
-    Returns the 10 COCO stats (AP, AP50, ..., ARl) in [0, 1].
-    """
-    from tokenpose.data.heatmaps import HeatmapCodec
-    from tokenpose.data.transforms import flip_test_average
-    from tokenpose.evaluation.coco import CocoEvaluator
-
-    model = unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    cfg = model.config
-    base = _base_dataset(dataset)
-    codec = HeatmapCodec.from_config(cfg)
-    evaluator = CocoEvaluator(base.ann_file)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    try:
-        for batch in loader:
-            images = batch["image"].to(device)
-            heatmaps = model(images).float()  # (B, J, h, w)
-            if flip_test:
-                heatmaps = flip_test_average(heatmaps, model(images.flip(-1)).float(), cfg.flip_pairs)
-            centers, scales = batch["center"].numpy(), batch["scale"].numpy()
-            keypoints, maxvals = codec.decode(heatmaps, centers, scales)
-            evaluator.add(batch["image_id"].numpy(), keypoints, maxvals, centers, scales,
-                          batch["box_score"].numpy())
-    finally:
-        model.train(was_training)
-    return evaluator.evaluate()
 
 
 @dataclass
@@ -254,29 +102,6 @@ class TrainResult:
     resumed_from_step: int | None = None
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl file (an empty list when it does not exist).
-
-    A last line that is not json (an append cut short by a kill) is skipped with a warning; a bad
-    line before the last one raises TokenPoseError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, errors="replace") as f:
-        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
-    rows = []
-    for k, (number, line) in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if k < len(lines) - 1:
-                raise TokenPoseError(f"{path}: line {number} is not json ({e.msg}); fix or remove that line") from None
-            warnings.warn(f"{path}: skipping the last line ({number}), an incomplete row (interrupted write?): "
-                          f"{line.strip()[:80]!r}", stacklevel=2)
-    return rows
-
-
 class Trainer:
     """Owns model, optimizer, scheduler, scaler, data and counters of one run (one process).
 
@@ -293,8 +118,8 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
 
         resume_path = cfg.resume_path
-        if resume_path is None:  # decided on rank 0 (which writes the folder), raised on every rank
-            on_main(self._refuse_existing_run, self.ctx)
+        # Decided on rank 0 (which writes the folder) before any work, raised on every rank.
+        on_main(lambda: self._check_out(fresh=resume_path is None), self.ctx)
 
         self.model = create_model(cfg.variant).to(self.device).train()
         self.hrnet_keys: list[str] = []
@@ -319,9 +144,11 @@ class Trainer:
                                         shuffle=True, seed=cfg.seed, drop_last=False)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
 
-    def _refuse_existing_run(self) -> None:
+    def _check_out(self, fresh: bool) -> None:
+        """--out is a writable folder and, for a new run, holds no run yet."""
+        check_writable(self.out, folder=True)
         existing = [n for n in ("last.pth", "metrics.jsonl") if (self.out / n).exists()]
-        if existing:
+        if fresh and existing:
             raise TokenPoseError(
                 f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
                 f"or choose another --out"
@@ -389,7 +216,7 @@ class Trainer:
             diff = [k for k in want if k != "description" and saved_model.get(k) != want[k]]
             if diff:
                 raise CheckpointError(f"{path}: was trained with another model config (differs in {', '.join(diff)})")
-        self._check_settings(path, ckpt.get("config"))
+        check_settings(path, ckpt.get("config"), self.cfg, warn=self.ctx.is_main)
         state = TrainState(**ckpt["train_state"])
         saved_world = int(ckpt.get("world_size", 1))
         if state.epoch_samples and saved_world != self.ctx.world_size:
@@ -415,7 +242,7 @@ class Trainer:
     def _loader(self, epoch: int, start: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start)
-        base = _base_dataset(self.train_set)
+        base = base_dataset(self.train_set)
         if hasattr(base, "set_epoch"):
             base.set_epoch(epoch)
         return DataLoader(
@@ -449,33 +276,11 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
-    def _check_settings(self, path: Path, saved: dict | None) -> None:
-        """Raise CheckpointError naming the settings that changed the run since `saved` (the
-        checkpoint's TrainConfig dict); warn (rank 0) about changes that only matter from now on."""
-        if not isinstance(saved, dict):
-            return  # a checkpoint without its config: nothing to compare
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        try:
-            old = TrainConfig.from_dict({k: v for k, v in saved.items() if k in known})
-        except (ValueError, TypeError) as e:
-            if self.ctx.is_main:
-                warnings.warn(f"{path}: cannot read its training config ({e}); settings not compared", stacklevel=3)
-            return
-        breaking, harmless = changed_settings(old, self.cfg)
-        if breaking:
-            raise CheckpointError(
-                f"{path}: the run was started with other settings ({'; '.join(breaking)}); resume with the "
-                f"original ones, or start a new run in another --out"
-            )
-        if harmless and self.ctx.is_main:
-            warnings.warn(f"{path}: resuming with changed settings ({'; '.join(harmless)})", stacklevel=3)
-
     def _prepare_out(self) -> None:
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob(".*.tmp"):  # temp files of atomic writes a kill interrupted
-            tmp.unlink(missing_ok=True)
+        remove_stale_temp_files(self.out)  # temp files of atomic writes a kill interrupted
         with atomic_write(self.out / "config.json", "w") as f:
             json.dump(self.cfg.to_dict(), f, indent=2)
         metrics = self.out / "metrics.jsonl"
@@ -498,7 +303,7 @@ class Trainer:
         """Train to cfg.epochs (or cfg.max_steps); see the module docstring for the files."""
         cfg, st = self.cfg, self.state
         on_main(self._prepare_out, self.ctx)
-        console = _console(self.ctx.is_main)
+        console = Console() if self.ctx.is_main else None
         mc = self.model.config
         if console:
             console.print(
@@ -516,7 +321,8 @@ class Trainer:
         metrics: list[dict] = []
         stop = False
         final_path = None
-        with _progress(console if cfg.progress else None) as progress:
+        with make_progress(TextColumn("loss {task.fields[loss]:.6f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+                           console=console, enabled=console is not None and cfg.progress) as progress:
             while st.epoch < cfg.epochs and not stop:
                 epoch = st.epoch
                 loader = self._loader(epoch, st.epoch_samples)
@@ -589,70 +395,6 @@ class Trainer:
             console.print(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  loss {row['loss']:.6f}  "
                           f"lr {lr:.2e}  {row['images_per_s']:.1f} img/s{ap}")
         return row
-
-
-# Settings a resumed run must share with the checkpoint (the optimizer and scheduler states and the
-# data order come from them), and settings that may change from the resume on (warned about).
-RUN_SETTINGS = ("dataset", "batch_size", "seed", "max_images", "augment", "lr", "betas", "weight_decay",
-                "milestones", "gamma")
-RESUMABLE_SETTINGS = ("epochs", "amp", "grad_clip", "deterministic", "on_bad", "data_root", "ann_file", "image_dir")
-
-
-def changed_settings(old: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
-    """("name old -> new" for the RUN_SETTINGS that differ, the same for RESUMABLE_SETTINGS).
-    The model is compared separately (its config is in every checkpoint)."""
-    derived = {"dataset": lambda c: c.dataset_name, "batch_size": lambda c: c.per_process_batch_size}
-
-    def diff(names: tuple[str, ...]) -> list[str]:
-        out = []
-        for name in names:
-            get = derived.get(name, lambda c, name=name: getattr(c, name))
-            a, b = get(old), get(new)
-            if a != b:
-                fmt = (lambda v: list(v)) if isinstance(a, tuple) else (lambda v: v)
-                out.append(f"{name} {fmt(a)} -> {fmt(b)}")
-        return out
-
-    return diff(RUN_SETTINGS), diff(RESUMABLE_SETTINGS)
-
-
-def model_config_from_checkpoint(ckpt: dict) -> ModelConfig:
-    """Rebuild the ModelConfig a training checkpoint (last/best/final.pth) stores."""
-    return ModelConfig.from_dict(ckpt["model_config"])
-
-
-def _console(enabled: bool):
-    if not enabled:
-        return None
-    from rich.console import Console
-
-    return Console()
-
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(console):
-    if console is None:
-        return _NoProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.6f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-        TimeRemainingColumn(), console=console, transient=True,
-    )
 
 
 def train(cfg: TrainConfig) -> TrainResult:
