@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 
 from tokenpose.cli.common import (
-    BatchOpt,
     DeviceOpt,
     EngineOpt,
     EngineVariantOpt,
@@ -50,10 +49,17 @@ def command(
     variant: EngineVariantOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    batch_size: BatchOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "--batch", "-b", help="Crops per engine call (default: engine max or 32).")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip the frames already in OUT's results (an interrupted run).")
     ] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Run as a Ray Data job (needs the serve extra).")] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="With --ray: a cluster, auto or ray://HOST:10001 (default: local).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="With --ray: engine actors, each loads the engine once.")] = 1,
 ) -> None:
     """Predict poses on an image, a folder or a video; draw skeletons and write COCO results json.
 
@@ -70,10 +76,17 @@ def command(
     box_source = BoxSource(boxes, box_threshold) if boxes is not None else None
     job = PredictJob(source, out, boxes=box_source, draw=draw, keypoint_threshold=keypoint_threshold,
                      person_threshold=person_threshold, resume=resume)
-    predictor = PosePredictor(open_engine(engine, variant, device, precision), flip_test=flip, batch_size=batch_size)
+    if not ray and (address is not None or workers != 1):
+        raise TokenPoseError("--address and --workers go with --ray")
     try:
         with progress_bar(f"predict {source.name}", enabled=not source.is_file() or job.is_video) as update:
-            summary = job.run(predictor, warn=_warn, progress=update)
+            if ray:
+                summary = _run_on_ray(job, engine, address, workers, batch_size, flip,
+                                      {"variant": variant, "device": device, "precision": precision}, update)
+            else:
+                predictor = PosePredictor(open_engine(engine, variant, device, precision), flip_test=flip,
+                                          batch_size=batch_size)
+                summary = job.run(predictor, warn=_warn, progress=update)
     except KeyboardInterrupt:
         typer.secho(f"note: results so far are in {out}; run again with --resume to continue", err=True)
         raise
@@ -85,6 +98,21 @@ def command(
     extra += [f"{summary.resumed} resumed"] if summary.resumed else []
     typer.echo(f"{summary.people} people in {summary.frames} {summary.kind}" + "".join(f" ({e})" for e in extra)
                + f"; results: {summary.results}" + (f"; drawings in {out}{os.sep}" if draw else ""))
+
+
+def _run_on_ray(job, engine: Path, address: str | None, workers: int, batch_size: int | None, flip: bool,
+                load_options: dict, progress):
+    from tokenpose.errors import TokenPoseError
+
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise TokenPoseError("--ray needs Ray Data: pip install 'tokenpose[serve]'") from None
+    from tokenpose.serving.batch_job import RayOptions, run_on_ray
+
+    options = RayOptions(engine=engine, address=address, workers=workers, batch=batch_size or 32, flip=flip,
+                         load_options={k: v for k, v in load_options.items() if v is not None})
+    return run_on_ray(job, options, warn=_warn, progress=progress)
 
 
 main = standalone(command)

@@ -33,7 +33,7 @@ from tokenpose.predict.sinks import (
     check_out_folder,
     video_writer,
 )
-from tokenpose.predict.sources import VideoFrames, image_files, is_video, truncation_problem
+from tokenpose.predict.sources import VideoFrames, image_files, is_glob, is_video, truncation_problem
 
 Warn = Callable[[str], None]
 Sink = Callable[[str, np.ndarray], None]
@@ -172,7 +172,7 @@ class PredictSummary:
 
 
 class PredictJob:
-    """Poses on `source` (an image, a folder of images or a video) into folder `out`.
+    """Poses on `source` (an image, a folder of images, a glob pattern or a video) into folder `out`.
 
     Construction checks the input and the output folder, removes temp files a killed run left
     there; `run` needs only the predictor. resume: skip the frames already in `out`'s results.
@@ -181,7 +181,9 @@ class PredictJob:
     def __init__(self, source: Path, out: Path, *, boxes: BoxSource | None = None, draw: bool = True,
                  keypoint_threshold: float = 0.3, person_threshold: float = 0.0, resume: bool = False) -> None:
         source, out = Path(source), Path(out)
-        if not source.exists():
+        if is_glob(source):
+            image_files(source)  # a pattern that matches no image is an error now, not after loading
+        elif not source.exists():
             raise FileNotFoundError(f"input not found: {source}")
         check_out_folder(source, out, draw)
         ensure_writable_dir(out)

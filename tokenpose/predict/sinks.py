@@ -20,7 +20,7 @@ import numpy as np
 
 from tokenpose.errors import TokenPoseError
 from tokenpose.files import STALE_TEMP_PATTERNS, atomic_write
-from tokenpose.predict.sources import VIDEO_SUFFIXES
+from tokenpose.predict.sources import VIDEO_SUFFIXES, glob_images, is_glob
 
 RESULTS = "results.json"
 LOG = "results.jsonl"
@@ -185,7 +185,9 @@ def check_out_folder(source: Path, out: Path, draw: bool) -> None:
                 f"--out {out} is the input folder: the drawn images would overwrite the inputs; choose another folder"
             )
     elif draw:
-        if source.suffix.lower() in VIDEO_SUFFIXES:
+        if is_glob(source):
+            clash = any(p.parent.resolve() == dst for p in glob_images(source))
+        elif source.suffix.lower() in VIDEO_SUFFIXES:
             clash = (dst / f"{source.stem}.mp4") == src
         else:
             clash = dst == src.parent and source.suffix.lower() in DRAWABLE_SUFFIXES

@@ -1,4 +1,4 @@
-"""Inputs of `tokenpose predict`: an image, a folder of images or a video, as named frames.
+"""Inputs of `tokenpose predict`: an image, a folder of images, a glob pattern or a video, as named frames.
 
 Every frame has a name (the image's file name, `STEM_000123` for a video's frame 123), a COCO
 image id (the number in a numeric file name, else its index) and, for matching `--boxes`
@@ -80,9 +80,28 @@ class ImageFile:
         return self.path.name
 
 
+def is_glob(source: Path) -> bool:
+    """A pattern such as `shots/*.jpg` (that names no existing file)."""
+    return not source.exists() and any(c in str(source) for c in "*?[")
+
+
+def glob_images(pattern: Path) -> list[Path]:
+    """The image files a glob pattern matches, sorted by path; TokenPoseError when there are none."""
+    anchor = Path(pattern.anchor or ".")
+    relative = pattern.relative_to(anchor) if pattern.is_absolute() else pattern
+    files = sorted(p for p in anchor.glob(str(relative)) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TokenPoseError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) match {pattern}")
+    return files
+
+
 def image_files(source: Path) -> list[ImageFile]:
-    """The images of a folder (sorted by name) or the single image file `source`."""
-    paths = list_images(source) if source.is_dir() else [source]
+    """The images of a folder (sorted by name), of a glob pattern (sorted by path) or the single
+    image file `source`."""
+    if source.is_dir():
+        paths = list_images(source)
+    else:
+        paths = glob_images(source) if is_glob(source) else [source]
     return [ImageFile(p, image_id_for(p.name, i), numeric_id(p.name)) for i, p in enumerate(paths)]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,8 @@ def _dataset(job: PredictJob, options: RayOptions, items: list[dict[str, Any]]):
 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # video frames are written in order
+    context.enable_progress_bars = False  # the CLI shows one bar over frames
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     rows = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 64)))
     loaded = rows.flat_map(_Loader, fn_constructor_args=(job,), compute=ray.data.ActorPoolStrategy(size=1))
     return loaded.map_batches(

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from tokenpose.engines.predictor import PosePrediction
-from tokenpose.errors import TokenPoseError
+from tokenpose.errors import InputShapeError, TokenPoseError
 
 __all__ = ["Client", "ServingError", "prediction_from_json"]
 
@@ -35,7 +35,7 @@ def _encode(image: np.ndarray | str | os.PathLike) -> bytes:
     if isinstance(image, str | os.PathLike):
         return Path(image).read_bytes()
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise TokenPoseError("image must be a path or a BGR uint8 array (H, W) or (H, W, 3), as cv2.imread returns")
+        raise InputShapeError("image must be a path or a BGR uint8 array (H, W) or (H, W, 3), as cv2.imread returns")
     ok, png = cv2.imencode(".png", image)
     if not ok:
         raise TokenPoseError(f"cannot encode an image of shape {image.shape} as PNG")
@@ -47,7 +47,7 @@ def _rows(boxes: Any) -> list[list[float]]:
     if array.size == 0:
         return []
     if array.ndim != 2 or array.shape[1] not in (4, 5):
-        raise TokenPoseError(f"boxes must have shape (N, 4) x, y, w, h or (N, 5) with a score, got {array.shape}")
+        raise InputShapeError(f"boxes must have shape (N, 4) x, y, w, h or (N, 5) with a score, got {array.shape}")
     return array.tolist()
 
 
