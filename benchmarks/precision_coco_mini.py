@@ -46,7 +46,7 @@ from tokenpose.export.onnx import (
     simplify_graph,
     verify_against_torch,
 )
-from tokenpose.export.precision import Int8Settings, convert_fp16, quantize_int8
+from tokenpose.export.precision import Int8Settings, convert_fp16, int8_on_fp16, quantize_int8
 from tokenpose.files import atomic_write
 from tokenpose.models import create_model
 from tokenpose.models.checkpoints import read_checkpoint
@@ -141,15 +141,19 @@ def main(argv: list[str] | None = None) -> dict:
     int8, int8_info = quantize_int8(proto, calib, settings=Int8Settings(
         method=args.int8_method, quantize_attention=args.quantize_attention, quantize_head=args.quantize_head))
 
+    # the GPU INT8 model (Q/DQ on the FP16 base, what TensorRT engines are built from), run here on the CPU
+    int8_fp16, _ = int8_on_fp16(int8, keep_head_fp32=args.fp16_head_fp32)
+    names = ("fp32", "fp16", "int8", "int8-fp16")
+
     heatmaps = {}
-    for name, m in (("fp32", proto), ("fp16", fp16), ("int8", int8)):
+    for name, m in zip(names, (proto, fp16, int8, int8_fp16)):
         t = time.perf_counter()
         heatmaps[name] = run_session(ort_session(m), images, batch_size=16)
         print(f"{name}: ran {len(images)} crops in {time.perf_counter() - t:.1f} s", flush=True)
 
     held = np.array([i in held_out for i in image_ids])
     rows = []
-    for name in ("fp32", "fp16", "int8"):
+    for name in names:
         stats = coco_ap(heatmaps[name], cfg, centers, scales, image_ids, box_scores)
         row = {"precision": name, "AP": stats["AP"], "AP50": stats["AP50"], "AR": stats["AR"]}
         if name != "fp32":

@@ -17,7 +17,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -40,15 +39,6 @@ def person_requests() -> list[tuple[Path, list[float]]]:
     names = {im["id"]: im["file_name"] for im in ann["images"]}
     return [(COCO / "images" / names[a["image_id"]], a["bbox"]) for a in ann["annotations"]
             if a["num_keypoints"] > 0]
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("sse4_2",))
 
 
 def export(variant: str, folder: Path) -> Path:
@@ -144,7 +134,8 @@ def markdown(rows: list[dict], info: dict) -> str:
     base = next(r["throughput"] for r in rows if r["mode"] == "direct")
     lines = [f"# tokenpose serve load: {info['variant']} ONNX FP32, {info['replicas']} replica(s), "
              f"max batch {info['max_batch']}",
-             "", f"CPU: {info['cpu']} ({info['cores']} cores; flags {' '.join(info['cpu_flags'])})", "",
+             "", f"CPU: {info['provenance']['cpu']['model']} ({info['provenance']['cpu']['logical_cores']} cores; "
+             f"flags {' '.join(info['provenance']['cpu']['flags'])})", "",
              "| mode | clients | requests | img/s | x direct | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['clients'] or '-'} | {r['requests']} | {r['throughput']:.2f} | "
@@ -176,12 +167,13 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+    from tokenpose.bench.provenance import collect_provenance
+
     info = {"variant": args.variant, "replicas": args.replicas, "max_batch": args.max_batch,
-            "batch_wait_ms": args.batch_wait_ms, "seconds": args.seconds, "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
+            "batch_wait_ms": args.batch_wait_ms, "seconds": args.seconds, "provenance": collect_provenance()}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"serve_load_{args.variant}"
-    stem.with_suffix(".json").write_text(json.dumps({"info": info, "rows": rows}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps({"info": info, "rows": rows}, indent=2, default=str))
     text = markdown(rows, info)
     stem.with_suffix(".md").write_text(text)
     print(text)

@@ -103,12 +103,12 @@ def _post(url: str, data: bytes, content_type: str = "application/json") -> tupl
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     onnx = build_artifacts(folder)["onnx"]
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenpose.cli.main", "serve", "--engine", str(onnx), "--replicas", "2",
          "--max-batch", "8", "--batch-wait-ms", "20", "--port", str(port), "--cpus-per-replica", "0.5",
-         "--max-body-mb", "2", "--max-boxes", "16"],
+         "--max-body-mb", "2", "--max-boxes", "16", "--metrics-port", str(metrics_port)],
         cwd=ROOT, env=cli_env(RAY_DEDUP_LOGS="0"), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -127,7 +127,8 @@ def server(tmp_path_factory):
         proc.kill()
         pytest.fail(f"server not healthy in 180 s:\n{(folder / 'server.log').read_text()[-3000:]}")
     predictor = PosePredictor(load_engine(onnx), batch_size=8)
-    yield {"url": url, "proc": proc, "predictor": predictor, "log": folder / "server.log"}
+    yield {"url": url, "proc": proc, "predictor": predictor, "log": folder / "server.log",
+           "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -235,6 +236,26 @@ def test_load_16_clients_every_request_answered_and_batched(server):
     crops = [body["batch"]["crops"] / body["batch"]["engine_calls"] for _s, body, *_ in results]
     # each request carries one box: more than one crop per engine call means requests were batched
     assert np.mean(crops) > 1.0, np.mean(crops)
+    # ... and the server's Prometheus batch-size metric says so too (Ray exports it every few seconds)
+    deadline, mean, counted = time.monotonic() + 90, 0.0, 0.0
+    while time.monotonic() < deadline and (mean <= 1.0 or counted < 512):
+        sums = _metric_totals(server["metrics"], "ray_tokenpose_crops_per_batch")
+        mean = sums["_sum"] / sums["_count"] if sums["_count"] else 0.0
+        counted = _metric_totals(server["metrics"], "ray_tokenpose_requests")["_total"]
+        time.sleep(2)
+    assert mean > 1.0 and counted >= 512, (mean, counted)
+
+
+def _metric_totals(url: str, name: str) -> dict[str, float]:
+    """Sums over all label sets of `name`_sum / _count / _total in a Prometheus text page."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    totals = {"_sum": 0.0, "_count": 0.0, "_total": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(name + suffix + "{") or line.startswith(name + suffix + " "):
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def test_a_killed_replica_is_replaced_and_nothing_hangs(server):

@@ -23,6 +23,9 @@ def command(
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: the engine's).")] = None,
     flip: FlipOpt = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Port of Ray's Prometheus metrics endpoint (local Ray only).")
+    ] = None,
     cpus: Annotated[float, typer.Option("--cpus-per-replica", help="Ray CPUs reserved per replica.")] = 1.0,
     gpus: Annotated[float, typer.Option("--gpus-per-replica", help="Ray GPUs per replica with --device cuda.")] = 1.0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB); larger: 413.")] = 20.0,
@@ -41,7 +44,7 @@ def command(
 
     options = ServeOptions(
         engine=Path(engine), replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host,
-        port=port, address=address, device=device, flip=flip, cpus_per_replica=cpus, gpus_per_replica=gpus,
+        port=port, address=address, device=device, flip=flip, metrics_port=metrics_port, cpus_per_replica=cpus, gpus_per_replica=gpus,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_boxes=max_boxes),
     )
     serve_forever(options, ready=lambda line: typer.echo(line, err=True))

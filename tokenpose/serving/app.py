@@ -53,6 +53,7 @@ class ServeOptions:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
     device: str | None = None  # "cpu" / "cuda"; None: the engine's default
     flip: bool = False
+    metrics_port: int | None = None  # Ray's Prometheus endpoint on this node (None: Ray picks a port)
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 1.0  # only with device "cuda"
     limits: Limits = field(default_factory=Limits)
@@ -214,8 +215,9 @@ def start(options: ServeOptions) -> Callable[[], None]:
     started_ray = not ray.is_initialized() and options.address is None
     try:
         if not ray.is_initialized():
+            extra = {} if options.metrics_port is None else {"_metrics_export_port": options.metrics_port}
             ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, **extra)
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(_deployment(options), name=APP_NAME, route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - Ray's errors (port taken, no cluster, replica failed)
