@@ -13,7 +13,7 @@ from cli_run import ROOT, cli_env, run_cli
 
 from tokenpose.cli.main import COMMANDS
 
-HEAVY = ("torch", "cv2", "matplotlib", "onnxruntime", "tensorrt")
+HEAVY = ("torch", "cv2", "matplotlib", "onnxruntime", "tensorrt", "ray")
 
 PROBE = """
 import runpy, sys

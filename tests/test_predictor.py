@@ -36,7 +36,7 @@ from tokenpose.predict.drawing import draw_poses
 from tokenpose.engines.torch_engine import TorchEngine
 from tokenpose.errors import InputShapeError, TokenPoseError
 from tokenpose.evaluation import CocoEvaluator
-from tokenpose.evaluation.runner import evaluate, open_dataset
+from tokenpose.evaluation.runner import evaluate, open_dataset, predict_dataset
 
 COCO_MINI = Path(__file__).parent / "fixtures" / "coco_mini"
 ANN = COCO_MINI / "annotations" / "person_keypoints_mini.json"
@@ -380,3 +380,16 @@ def test_draw_poses_marks_the_joints():
     assert out[50, 100].any()  # on the shoulder-shoulder line
     with pytest.raises(ValueError, match="no skeleton for 5 joints"):
         draw_poses(image, np.zeros((1, 5, 2)), np.ones((1, 5)))
+
+
+def test_engines_compared_on_the_same_crops_each_get_their_own_normalisation(artifacts, tmp_path):
+    """`validate` / `predict_dataset` share the crop geometry between engines, never the statistics."""
+    edited = with_edited_manifest(artifacts, tmp_path, mean_rgb=[0.3, 0.5, 0.6], std_rgb=[0.2, 0.25, 0.3])
+    default, other = RecordingEngine(load_engine(artifacts["onnx"])), RecordingEngine(load_engine(edited))
+    data = open_dataset(COCO_MINI, default.meta, max_images=2)
+    both = predict_dataset([PosePredictor(default), PosePredictor(other)], data)
+    alone = [predict_dataset([PosePredictor(load_engine(p))], data)[0] for p in (artifacts["onnx"], edited)]
+    for (kpts, mv), (want_k, want_mv) in zip(both, alone):
+        np.testing.assert_array_equal(kpts, want_k)
+        np.testing.assert_array_equal(mv, want_mv)
+    assert np.abs(default.last_input - other.last_input).max() > 0.5

@@ -7,6 +7,7 @@ checked against `PosePredictor.predict` on the same image and boxes.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -22,11 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from cli_run import COCO_ANN, COCO_IMAGES, ROOT, cli_env
-from test_engines import build_artifacts
+from test_engines import TINY, build_artifacts, peaked_model
 
 from tokenpose.engines import PosePredictor, load_engine
 from tokenpose.errors import InputShapeError
+from tokenpose.models.checkpoints import save_weights
 from tokenpose.serving import Client, ServingError
 from tokenpose.serving.protocol import Limits, RequestError, parse_boxes, parse_json_request
 
@@ -99,33 +102,37 @@ def _post(url: str, data: bytes, content_type: str = "application/json") -> tupl
         return exc.code, exc.read()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    onnx = build_artifacts(folder)["onnx"]
-    port, metrics_port = _free_port(), _free_port()
-    log = (folder / "server.log").open("w")
+def _start_server(engine: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`tokenpose serve --engine ENGINE OPTIONS` in its own session; returns once it is healthy."""
+    port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenpose.cli.main", "serve", "--engine", str(onnx), "--replicas", "2",
-         "--max-batch", "8", "--batch-wait-ms", "20", "--port", str(port), "--cpus-per-replica", "0.5",
-         "--max-body-mb", "2", "--max-boxes", "16", "--metrics-port", str(metrics_port)],
-        cwd=ROOT, env=cli_env(RAY_DEDUP_LOGS="0"), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        [sys.executable, "-m", "tokenpose.cli.main", "serve", "--engine", str(engine), "--port", str(port), *options],
+        cwd=ROOT, env=cli_env(RAY_DEDUP_LOGS="0"), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}:\n{(folder / 'server.log').read_text()[-3000:]}")
+            pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if _get(f"{url}/v1/health")[0] == 200:
-                break
+                return proc, url
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"server not healthy in 180 s:\n{(folder / 'server.log').read_text()[-3000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"server not healthy in 180 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    onnx = build_artifacts(folder)["onnx"]
+    metrics_port = _free_port()
+    proc, url = _start_server(onnx, folder / "server.log", "--replicas", "2", "--max-batch", "8",
+                              "--batch-wait-ms", "20", "--cpus-per-replica", "0.5", "--max-body-mb", "2",
+                              "--max-boxes", "16", "--metrics-port", str(metrics_port))
     predictor = PosePredictor(load_engine(onnx), batch_size=8)
     yield {"url": url, "proc": proc, "predictor": predictor, "log": folder / "server.log",
            "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
@@ -196,7 +203,10 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(server):
     with pytest.raises(ServingError) as err:  # the server's own check, past the client's
         Client(server["url"])._request("/v1/pose", {"image": "", "boxes": []})
     assert err.value.status == 400 and "image is empty" in str(err.value)
+    # a box far larger than the image is skipped (reported), not predicted at 1e11 px
     image, boxes = PEOPLE[2]
+    got = Client(server["url"]).predict(image, np.vstack([[0, 0, 1e12, 1e12, 1.0], boxes]))
+    assert got.skipped == [0] and len(got) == len(boxes)
     _assert_same(Client(server["url"]).predict(image, boxes), _expected(server["predictor"], image, boxes))
 
 
@@ -278,6 +288,28 @@ def test_a_killed_replica_is_replaced_and_nothing_hangs(server):
         time.sleep(2)
     later = _load(server, clients=4, per_client=8)
     assert all(r[0] == 200 for r in later), [r[:2] for r in later if r[0] != 200][:3]
+
+
+def test_an_engine_failure_is_one_line_500_and_the_server_keeps_serving(tmp_path):
+    """A model whose heatmaps come out NaN (a NaN head bias): the predictor refuses them."""
+    model = peaked_model()
+    with torch.no_grad():
+        [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1].bias[0] = float("nan")
+    pth = tmp_path / "nan.pth"
+    save_weights(model, pth, variant={"model_config": dataclasses.asdict(TINY)})
+    proc, url = _start_server(pth, tmp_path / "server.log", "--cpus-per-replica", "0.5")
+    try:
+        image, boxes = PEOPLE[0]
+        for _ in range(2):
+            with pytest.raises(ServingError) as err:
+                Client(url).predict(image, boxes)
+            assert err.value.status == 500 and "non-finite heatmaps" in str(err.value)
+            assert "\n" not in str(err.value)
+        assert _get(f"{url}/v1/health")[0] == 200
+        assert _post(f"{url}/v1/pose", b"{")[0] == 400
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
 
 
 def test_sigterm_stops_the_server_within_30_seconds(server):

@@ -46,7 +46,8 @@ class PosePrediction:
     boxes: (N, 4) float64 the (x, y, w, h) boxes used; box_scores: (N,) float64;
     centers: (N, 2) pixels and scales: (N, 2) units of 200 px, the crops taken;
     scores_person: (N,) the official rescoring (mean joint score above 0.2, times the box score);
-    skipped: indices into the caller's boxes that were not usable (bad size / outside the image).
+    skipped: indices into the caller's boxes that were not usable (bad size / outside the image /
+    over MAX_BOX_FACTOR times the image).
     """
 
     keypoints: np.ndarray
@@ -147,13 +148,21 @@ def as_boxes(boxes, box_scores, where: str) -> tuple[np.ndarray, np.ndarray]:
     return b, s.reshape(-1)
 
 
+# A box wider or taller than this many image widths / heights is a unit or parsing mistake (a box
+# in another image's pixels, a normalised box scaled twice): its crop would be almost all padding
+# and its keypoints land far outside the picture.
+MAX_BOX_FACTOR = 4.0
+
+
 def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """(N,) bool: finite, width and height > 0, and overlapping the image [0, W) x [0, H)."""
+    """(N,) bool: finite, width and height > 0 and at most MAX_BOX_FACTOR times the image's, and
+    overlapping the image [0, W) x [0, H)."""
     h, w = image_hw
     x, y, bw, bh = boxes.T
     finite = np.isfinite(boxes).all(axis=1)
     with np.errstate(invalid="ignore"):
-        return finite & (bw > 0) & (bh > 0) & (x < w) & (y < h) & (x + bw > 0) & (y + bh > 0)
+        sized = (bw > 0) & (bh > 0) & (bw <= MAX_BOX_FACTOR * w) & (bh <= MAX_BOX_FACTOR * h)
+        return finite & sized & (x < w) & (y < h) & (x + bw > 0) & (y + bh > 0)
 
 
 class PosePredictor:
@@ -316,7 +325,7 @@ class PosePredictor:
             shown = ", ".join(f"#{k} {np.round(b[k], 1).tolist()}" for k in skipped[:5])
             warnings.warn(
                 f"image {i} ({image.shape[1]}x{image.shape[0]}): skipped {len(skipped)} box(es) with zero size, "
-                f"non-finite values or outside the image: {shown}", stacklevel=3,
+                f"non-finite values, outside the image or over {MAX_BOX_FACTOR:g}x its size: {shown}", stacklevel=3,
             )
         return b[ok], s[ok], skipped
 

@@ -176,12 +176,12 @@ def predict_dataset(
 
     predictors: `PosePredictor`s with the same input size. Images are read once; the people of
     consecutive images are gathered until a predictor batch is full, then every predictor runs
-    on the same crops. on_batch(person indices, [heatmaps (n, J, h, w) per predictor]) sees each
+    on the same crops, each normalised with its own engine's mean/std and colour order. on_batch(person indices, [heatmaps (n, J, h, w) per predictor]) sees each
     batch. Returns per predictor (keypoints (N, J, 2) image pixels, maxvals (N, J, 1)).
     """
     if not predictors:
         raise ValueError("no predictor given")
-    hw = {tuple(p.config.input_hw) for p in predictors}
+    hw = {tuple(p.meta.input_hw) for p in predictors}
     if len(hw) != 1:
         raise TokenPoseError(f"engines with different input sizes {sorted(hw)} cannot share crops")
     rec = data.records
@@ -201,10 +201,13 @@ def predict_dataset(
         idx = np.concatenate(pending_idx)
         which = np.concatenate([np.full(len(k), g) for g, k in enumerate(pending_idx)])
         centers, scales = rec.centers[idx], rec.scales[idx]
-        inputs = predictors[0].crops(pending_images, which, centers, scales)
+        inputs: dict[tuple, np.ndarray] = {}  # one crop batch per distinct normalisation
         maps = []
         for p, (kpts, mv) in zip(predictors, outputs):
-            hm = p.heatmaps(inputs)
+            key = (p.meta.mean_rgb, p.meta.std_rgb, p.meta.color_order)
+            if key not in inputs:
+                inputs[key] = p.crops(pending_images, which, centers, scales)
+            hm = p.heatmaps(inputs[key])
             kpts[idx], mv[idx] = p.codec.decode(hm, centers, scales)
             maps.append(hm)
         if on_batch is not None:

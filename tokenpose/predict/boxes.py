@@ -16,13 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenpose.engines.predictor import usable_boxes
+from tokenpose.engines.predictor import MAX_BOX_FACTOR, usable_boxes
 from tokenpose.errors import TokenPoseError
-
-# A box wider or taller than this many image widths / heights is a unit or parsing mistake (a box
-# in another image's pixels, a normalised box scaled twice): its crop would be almost all padding
-# and its keypoints land far outside the picture.
-MAX_BOX_FACTOR = 4.0
 
 Row = tuple[list[float], float]  # ([x, y, w, h] pixels, score)
 
@@ -166,9 +161,7 @@ def screen_boxes(
     times the image's width or height. Returns the kept boxes (M, 4) and scores (M,).
     """
     h, w = image_hw
-    with np.errstate(invalid="ignore"):
-        huge = (boxes[:, 2] > MAX_BOX_FACTOR * w) | (boxes[:, 3] > MAX_BOX_FACTOR * h)
-    ok = usable_boxes(boxes, image_hw) & ~huge
+    ok = usable_boxes(boxes, image_hw)
     if not ok.all():
         bad = np.flatnonzero(~ok)
         shown = ", ".join(f"#{k} {_shown(boxes[k])}" for k in bad[:5])

@@ -204,10 +204,12 @@ def _deployment(options: ServeOptions):
                            options.batch_wait_ms, options.limits)
 
 
-def start(options: ServeOptions) -> Callable[[], None]:
+def start(options: ServeOptions, after_ray_init: Callable[[], None] = lambda: None) -> Callable[[], None]:
     """Start Ray (or join `options.address`) and the application; return the function that stops both.
 
-    Blocks until every replica has loaded its engine (the health route answers from then on)."""
+    after_ray_init runs as soon as Ray is up (`ray.init` installs signal handlers of its own, which
+    the caller may want to replace before the application starts). Blocks until every replica has
+    loaded its engine (the health route answers from then on)."""
     import ray
     from ray import serve
 
@@ -218,6 +220,7 @@ def start(options: ServeOptions) -> Callable[[], None]:
             extra = {} if options.metrics_port is None else {"_metrics_export_port": options.metrics_port}
             ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, **extra)
+        after_ray_init()
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(_deployment(options), name=APP_NAME, route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - Ray's errors (port taken, no cluster, replica failed)
@@ -243,10 +246,20 @@ def serve_forever(options: ServeOptions, ready: Callable[[str], None] = print) -
     engine = load_engine(options.engine, **({"device": options.device} if options.device else {}))
     PosePredictor(engine, batch_size=options.max_batch)  # the engine's batch limits fit --max-batch
     del engine
-    stop = start(options)
-    # Installed after Ray starts: ray.init puts in signal handlers of its own.
     stop_requested = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop_requested.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def catch_stop_signals() -> None:  # after ray.init, which puts in handlers of its own
+        for sig in previous:
+            signal.signal(sig, lambda *_: stop_requested.set())
+
+    catch_stop_signals()
+    try:
+        stop = start(options, after_ray_init=catch_stop_signals)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
     try:
         ready(f"serving {options.engine.name} at http://{options.host}:{options.port}/v1/pose "
               f"({options.replicas} replica(s), batches of up to {options.max_batch}); Ctrl-C to stop")
