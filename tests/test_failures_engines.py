@@ -80,3 +80,41 @@ def test_truncated_pth_and_pt2_through_predict_are_one_line(artifacts, tmp_path)
     assert_one_line_error(run_cli("predict", IMAGE, "--engine", pt2, "--out", tmp_path / "out2"),
                           f"cannot read AOTInductor package {pt2}: ")
     assert files_under(tmp_path / "out1") == files_under(tmp_path / "out2") == []
+
+
+def test_empty_missing_and_wrong_variant_checkpoints_are_one_line(artifacts, tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert_one_line_error(run_cli("predict", IMAGE, "--engine", empty, "--out", tmp_path / "o1"), str(empty))
+    missing = tmp_path / "missing.onnx"
+    assert_one_line_error(run_cli("predict", IMAGE, "--engine", missing, "--out", tmp_path / "o2"), str(missing))
+    # a plain model.state_dict() of variant t, loaded as s-v2: the keys that do not fit and the variant it is
+    official_t = tmp_path / "t.pth"
+    import torch
+
+    from tokenpose.models import create_model
+    torch.save(create_model("t").state_dict(), official_t)
+    assert_one_line_error(run_cli("eval", "-e", official_t, "-v", "s-v2", "-d", COCO_MINI, "--max-images", "1"),
+                          str(official_t), "does not fit TokenPose 's-v2'", "checkpoint of variant 't'")
+    assert files_under(tmp_path / "o1") == files_under(tmp_path / "o2") == []
+
+
+def test_tampered_artifact_or_manifest_is_one_line(artifacts, tmp_path):
+    folder = tmp_path / "tampered"
+    folder.mkdir()
+    onnx = folder / artifacts["onnx"].name
+    data = bytearray(artifacts["onnx"].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped after export, the manifest kept
+    onnx.write_bytes(bytes(data))
+    shutil.copy(Path(f"{artifacts['onnx']}.json"), Path(f"{onnx}.json"))
+    assert_one_line_error(run_cli("predict", IMAGE, "--engine", onnx, "--out", tmp_path / "o1"), str(onnx), "sha256")
+    other = tmp_path / "edited"
+    other.mkdir()
+    onnx2 = other / artifacts["onnx"].name
+    shutil.copy(artifacts["onnx"], onnx2)
+    manifest = json.loads(Path(f"{artifacts['onnx']}.json").read_text())
+    manifest["heatmap_hw"] = [32, 24]  # contradicts the model it describes
+    Path(f"{onnx2}.json").write_text(json.dumps(manifest))
+    res = run_cli("eval", "-e", onnx2, "-d", COCO_MINI, "--max-images", "1")
+    assert_one_line_error(res, str(onnx2))
+    assert files_under(tmp_path / "o1") == []

@@ -20,7 +20,7 @@ from tokenpose.engines.base import EngineMeta, check_engine_input, reject_option
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.manifest import Manifest, sha256_file
 from tokenpose.models.checkpoints import (
-    _closest_variant,
+    closest_variant,
     load_official_state_dict,
     read_checkpoint,
     unwrap_state_dict,
@@ -58,9 +58,7 @@ def checkpoint_config(checkpoint: Mapping, source: str = "checkpoint") -> ModelC
         cfg = _config_from_metadata(value) if value is not None else None
         if cfg is not None:
             return cfg
-    sd = unwrap_state_dict(checkpoint, source)
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    name, exact = _closest_variant(shapes)
+    name, exact = closest_variant(unwrap_state_dict(checkpoint, source))
     if not exact:
         raise CheckpointError(
             f"{source}: cannot tell which variant this checkpoint is for (no variant metadata, and its "

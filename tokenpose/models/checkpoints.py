@@ -140,10 +140,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {reason}") from None
 
 
-def _closest_variant(shapes: dict[str, tuple[int, ...]]) -> tuple[str, bool]:
-    """The variant whose official layout best fits `shapes`, and whether it fits exactly."""
+def closest_variant(sd: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
+    """The variant whose official layout best fits `sd`, and whether it fits exactly. A file in our
+    own layout is translated with each variant's names before it is compared (they differ by variant)."""
     best, best_score = "", -1.0
-    for name in VARIANTS:
+    for name, cfg in VARIANTS.items():
+        as_official = _internal_to_official(dict(sd), cfg)[0]
+        shapes = {k: tuple(v.shape) for k, v in as_official.items()}
         want = expected_official_shapes(name)
         if want == shapes:
             return name, True
@@ -167,7 +170,8 @@ def load_official_state_dict(model: torch.nn.Module, state_dict: Mapping[str, to
     the checkpoint fits when it is another one.
     """
     cfg = model.config
-    sd, internal = _internal_to_official(unwrap_state_dict(state_dict, source), cfg)
+    raw = unwrap_state_dict(state_dict, source)
+    sd, internal = _internal_to_official(raw, cfg)
     ours = model.state_dict()
     to_ours = {official_key(k, cfg): k for k in ours}
     missing = [k for k in to_ours if k not in sd]
@@ -178,7 +182,7 @@ def load_official_state_dict(model: torch.nn.Module, state_dict: Mapping[str, to
         if k in sd and tuple(sd[k].shape) != tuple(ours[to_ours[k]].shape)
     ]
     if missing or unexpected or misshaped:
-        variant, exact = _closest_variant({k: tuple(v.shape) for k, v in sd.items()})
+        variant, exact = closest_variant(raw)
         problems = []
         if missing:
             problems.append(f"missing keys: {_names(missing)}")

@@ -1,7 +1,8 @@
 """Transformer building blocks and the fixed 2D sine position table.
 
-Written export-first: plain Linear/reshape/permute/matmul, no einsum, no in-place writes,
-so the same forward runs in PyTorch, exports to ONNX and builds in TensorRT.
+Written export-first: plain Linear/reshape/permute/matmul and `scaled_dot_product_attention`
+(which the ONNX exporter writes at opset 17 as Transpose/Mul/MatMul/Softmax/MatMul), no einsum, no
+in-place writes, so the same forward runs in PyTorch, exports to ONNX and builds in TensorRT.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def sine_position_table(grid_hw: tuple[int, int], dim: int = 192, temperature: float = 10000.0) -> torch.Tensor:
@@ -57,11 +59,19 @@ class Attention(nn.Module):
         b, n, dim = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, heads, N, head_dim)
-        # Scaling q rather than the (N, N) logits: same result, a fraction of the work.
-        attn = torch.matmul(q * self.scale, k.transpose(-2, -1))  # (B, heads, N, N)
-        attn = self.probe(attn.softmax(dim=-1))
-        out = torch.matmul(attn, v)  # (B, heads, N, head_dim)
+        if self.probe._forward_hooks:
+            # Something (tokenpose.explain) reads the probabilities: only then are the (N, N)
+            # matrices materialised, beside the fused kernel, so the output stays the same.
+            self.probe(self.probabilities(q, k))
+        # The fused kernel never stores the (B, heads, N, N) matrix: S-v2's is 19.7 MB per image
+        # and layer, which is what made eager batches slower per image than batch 1.
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
+
+    def probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale): (B, heads, N, head_dim) twice -> (B, heads, N, N), rows summing to 1."""
+        # Scaling q rather than the (N, N) logits: same result, a fraction of the work.
+        return torch.matmul(q * self.scale, k.transpose(-2, -1)).softmax(dim=-1)
 
 
 class MLP(nn.Module):
