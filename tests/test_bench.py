@@ -42,8 +42,9 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     pth = folder / "tiny.pth"
     save_weights(TokenPose(TINY).eval(), pth, variant={"model_config": dataclasses.asdict(TINY)})
+    # Simplified as tokenpose-export does by default: constant reshape shapes, so the attention fuses.
     summary = export_model(ExportOptions(variant=TINY, out_dir=folder, checkpoint=pth, engine=False,
-                                         simplify=False, verify_batches=(1,)), log=lambda _m: None)
+                                         verify_batches=(1,)), log=lambda _m: None)
     return {"pth": pth, "onnx": summary.artifacts[0].path, "folder": folder}
 
 
@@ -54,7 +55,7 @@ def tiny_run(tiny_artifacts) -> tuple[dict, Path, object]:
         "--engine", str(tiny_artifacts["pth"]), "--engine", str(tiny_artifacts["onnx"]),
         "--engines", "trt-fp16,trt-int8", "--variant", "t", "--device", "cpu",
         "--batch", "1,2", "--warmup", "1", "--iters", "3", "--peak-size", "128", "--settle-ms", "0",
-        "--pipeline", "--persons", "3", "--pipeline-images", "2",
+        "--pipeline", "--persons", "3", "--pipeline-images", "2", "--profile",
         "--work-dir", str(tiny_artifacts["folder"] / "work"),
         "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot", str(out / "bench.png"),
     )
@@ -109,7 +110,7 @@ def test_json_schema_of_a_tiny_run(tiny_run):
     data, _, _ = tiny_run
     assert data["schema"] == SCHEMA
     assert list(data) == ["schema", "created", "command", "settings", "provenance", "complexity", "peaks", "rows",
-                          "skipped", "pipeline"]
+                          "skipped", "pipeline", "profiles"]
     prov = data["provenance"]
     assert prov["cpu"]["logical_cores"] >= 1 and prov["cpu"]["model"]
     assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["onnxruntime"]
@@ -136,6 +137,9 @@ def test_json_schema_of_a_tiny_run(tiny_run):
     assert by["torch", 1]["speedup_vs_torch"] == 1.0
     assert by["onnxruntime", 2]["speedup_vs_torch"] == pytest.approx(
         by["onnxruntime", 2]["throughput_ips"] / by["torch", 2]["throughput_ips"])
+    assert by["onnxruntime", 1]["speedup_vs_onnx"] == 1.0
+    assert by["torch", 2]["speedup_vs_onnx"] == pytest.approx(
+        by["torch", 2]["throughput_ips"] / by["onnxruntime", 2]["throughput_ips"])
 
     peaks = {(p["library"], p["precision"]) for p in data["peaks"] if p["gflops_per_s"]}
     assert peaks == {("torch", "fp32"), ("onnxruntime", "fp32")}
@@ -161,10 +165,23 @@ def test_pipeline_rows(tiny_run):
         assert p["persons_per_s"] == pytest.approx(3 * 1e3 / p["total_ms_per_image"])
 
 
+def test_profile_gives_the_onnx_engine_s_time_by_op_type(tiny_run):
+    data, out, _ = tiny_run
+    [prof] = data["profiles"]  # the ONNX Runtime engine only, at the largest batch
+    assert prof["engine"] == "tokenpose_bench-tiny_fp32.onnx" and prof["batch"] == 2 and prof["runs"] == 3
+    ops = {o["op"]: o for o in prof["ops"]}
+    # The attention block runs as one fused MultiHeadAttention node; no Softmax is left.
+    assert ops["MultiHeadAttention"]["nodes"] == 1 and "Softmax" not in ops
+    assert sum(o["ms"] for o in prof["ops"]) == pytest.approx(prof["total_ms"], rel=1e-6)
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+    md = (out / "bench.md").read_text()
+    assert "| MultiHeadAttention |" in md and "bench-tiny tokenpose_bench-tiny_fp32.onnx, batch 2" in md
+
+
 def test_markdown_and_plot_files(tiny_run):
     _, out, res = tiny_run
     md = (out / "bench.md").read_text()
-    assert "| variant | engine | precision | batch | p50 ms | p90 ms | p99 ms | images/s | x torch |" in md
+    assert "| variant | engine | precision | batch | p50 ms | p90 ms | p99 ms | images/s | x torch | x ONNX FP32 |" in md
     assert md.count("| bench-tiny |") >= 4 + 2  # speed rows and pipeline rows
     assert "| t | 5.82 | 5.8 | 1.29 | 1.3 | 3.20 |" in md  # the paper's table row beside true FLOPs
     assert "Machine: CPU:" in md and "torch " in md
@@ -227,3 +244,39 @@ def test_pipeline_scenes_from_coco_json_and_synthetic(tmp_path):
     empty.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(BenchError, match="empty.json: no person boxes"):
         pipeline_scenes(empty, persons=1, count=1)
+
+
+def test_emulated_precision_is_skipped_unless_asked_and_then_marked(tmp_path, monkeypatch):
+    """bf16 on a CPU without AVX512-BF16/AMX (an AVX2 CPU's flags, injected) is emulated: skipped with the
+    reason by default, timed and marked with --emulated."""
+    from tokenpose.engines import torch_engine
+
+    monkeypatch.setattr(torch_engine, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    args = ["--variant", "t", "--engines", "torch-bf16", "--device", "cpu", "--batch", "1", "--warmup", "0",
+            "--iters", "1", "--peak-size", "64", "--work-dir", str(tmp_path), "--quiet"]
+    res = run_cli(*args, "--json", str(tmp_path / "default.json"))
+    assert res.exit_code == 0, res.output
+    (skipped,) = json.loads((tmp_path / "default.json").read_text())["skipped"]
+    assert skipped["engine"] == "torch-bf16" and "emulated" in skipped["reason"] and "--emulated" in skipped["reason"]
+
+    with pytest.warns(UserWarning, match="bf16 on this CPU is emulated"):
+        res = run_cli(*args, "--emulated", "--json", str(tmp_path / "asked.json"), "--markdown", str(tmp_path / "a.md"))
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((tmp_path / "asked.json").read_text())["rows"]
+    assert row["engine"] == "torch-bf16" and row["status"] == "ok" and row["emulated"] is True
+    assert "| t | torch-bf16 | bf16 (emulated) | 1 |" in (tmp_path / "a.md").read_text()
+
+
+def test_native_precision_and_the_compiled_and_aoti_engines_are_named(tmp_path, monkeypatch):
+    from tokenpose.bench.preparation import _load_options, _skip_reason
+    from tokenpose.bench.settings import ENGINES
+    from tokenpose.engines import torch_engine
+    from tokenpose.models.config import get_config
+
+    monkeypatch.setattr(torch_engine, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    settings = BenchSettings(device="cpu")
+    assert _skip_reason(ENGINES["torch-bf16"], settings) is None  # native here: timed by default
+    assert "emulated" in _skip_reason(ENGINES["torch-fp16"], settings)  # no AVX512-FP16 / AMX-FP16
+    assert _load_options(ENGINES["torch-compile"], get_config("t"), settings)["compile"] is True
+    assert _load_options(ENGINES["torch"], get_config("t"), settings)["compile"] is False
+    assert ENGINES["aoti"].suffix == ".pt2" and _skip_reason(ENGINES["aoti"], settings) is None

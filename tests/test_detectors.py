@@ -24,7 +24,7 @@ from tokenpose.predict.letterbox import letterbox
 YOLO_TINY = FIXTURES / "detectors" / "yolo_tiny.onnx"
 
 
-def constant_graph(path: Path, outputs: dict[str, np.ndarray], size: int = 320, batch: int | str = "B",
+def constant_graph(path: Path, outputs: dict[str, np.ndarray], size: int | str = 320, batch: int | str = "B",
                    exp: bool = False) -> Path:
     """An ONNX model `images (batch, 3, size, size)` -> each of `outputs` (its leading axis of 1 tiled
     to the batch); with `exp`, an Exp node sits on the path (as in a YOLOX graph decoded in the graph)."""
@@ -140,8 +140,15 @@ def test_yolox_raw_grid_decoding(tmp_path):
     (found,) = det.detect([np.zeros((64, 64, 3), np.uint8)])
     cx, cy, w, h = (1 + 0.5) * 16, (2 + 0.25) * 16, 2 * 16, 3 * 16
     np.testing.assert_allclose(found, [[cx - w / 2, cy - h / 2, w, h, 0.9]], atol=1e-4)
-    with pytest.raises(TokenPoseError, match="has 84 anchors; a 96x96 input"):
-        load_detector(tmp_path / "raw.onnx", size=96).detect([np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(TokenPoseError, match="--detector-size 96x96 does not fit the graph's fixed input"):
+        load_detector(tmp_path / "raw.onnx", size=96)
+    dynamic = constant_graph(tmp_path / "dyn.onnx", {"output": raw}, size="S")
+    with pytest.raises(TokenPoseError, match="dynamic input size .*images \\(B, 3, S, S\\).*pass --detector-size"):
+        load_detector(dynamic)
+    np.testing.assert_allclose(load_detector(dynamic, size=64).detect([np.zeros((64, 64, 3), np.uint8)])[0],
+                               found)
+    with pytest.raises(TokenPoseError, match="has 84 anchors; a 96x96 input at strides"):
+        load_detector(dynamic, size=96).detect([np.zeros((64, 64, 3), np.uint8)])
 
 
 def test_mmdeploy_end2end(tmp_path):

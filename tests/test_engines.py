@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,28 @@ def test_onnx_engine_matches_torch_on_real_crops(artifacts):
     k_got, m_got = codec.decode(got, centers, scales)
     assert np.abs(k_ref - k_got).max() < 0.01  # image pixels
     assert np.abs(m_ref - m_got).max() < 1e-5
+
+
+def test_onnx_engine_runs_the_fused_attention_graph_within_parity(tmp_path):
+    """A simplified export (as tokenpose-export makes by default) runs its attention as one fused
+    MultiHeadAttention node on the CPU; it matches PyTorch as the plain graph does."""
+    from tokenpose.export.pipeline import ExportOptions, export_model
+
+    pth = tmp_path / "model.pth"
+    save_weights(peaked_model(TINY), pth, variant={"model_config": dataclasses.asdict(TINY)})
+    onnx_path = export_model(ExportOptions(variant=TINY, out_dir=tmp_path, checkpoint=pth, engine=False,
+                                           verify_batches=(1, 2)), log=lambda _m: None).artifacts[0].path
+    fused = load_engine(onnx_path, threads=1, spinning=False)
+    plain = load_engine(onnx_path, threads=1, fusions=(), graph_optimization="basic")
+    assert fused.manifest["onnxruntime"]["fusions"] == ["attention"]
+    assert fused.session_settings["fused"] == {"attention": 1} and plain.session_settings["fusions"] == []
+    inputs, _, _ = real_crops(TINY)
+    ref = load_engine(pth)(inputs)
+    assert np.abs(fused(inputs) - ref).max() < 1e-4 and np.abs(plain(inputs) - ref).max() < 1e-4
+    with pytest.raises(TokenPoseError, match="graph_optimization must be one of"):
+        load_engine(onnx_path, graph_optimization="max")
+    with pytest.raises(TokenPoseError, match="unknown graph fusion"):
+        load_engine(onnx_path, fusions=("gelu",))
 
 
 def test_torch_engine_bf16_autocast_is_close(artifacts):
@@ -585,3 +608,33 @@ def test_mismatched_timing_cache_starts_a_fresh_one():
         assert cache == {"data": b""} and config.cache is cache and "does not fit" in log[0]
     config = Config()
     assert use_timing_cache(config, b"good", "t.cache") == {"data": b"good"} == config.cache
+
+
+def test_compiled_torch_engine_matches_eager(artifacts):
+    inputs, _, _ = real_crops(TINY, n_images=1)
+    eager = load_engine(artifacts["pth"])
+    compiled = load_engine(artifacts["pth"], compile=True)  # Inductor, weights frozen in: ~15 s to compile
+    np.testing.assert_allclose(compiled(inputs), eager(inputs), atol=1e-4)
+
+
+def test_reduced_precision_without_instructions_warns_once(artifacts, monkeypatch):
+    from tokenpose.engines import torch_engine
+
+    assert torch_engine.emulated_reason("bf16", "cpu", {"avx2", "fma"}) == (
+        "bf16 on this CPU is emulated (none of avx512_bf16, amx_bf16): slower than fp32")
+    assert torch_engine.emulated_reason("bf16", "cpu", {"avx2", "amx_bf16"}) is None
+    assert torch_engine.emulated_reason("fp16", "cpu", {"avx512_bf16"}) is not None
+    assert torch_engine.emulated_reason("fp16", "cpu", {"avx512_fp16"}) is None
+    assert torch_engine.emulated_reason("fp32", "cpu", set()) is None
+    monkeypatch.setattr(torch_engine, "cpu_flags", lambda: None)  # flags unknown: nothing is claimed
+    assert torch_engine.emulated_reason("bf16", "cpu") is None
+
+    monkeypatch.setattr(torch_engine, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(torch_engine, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the engine, not Python's filter, must keep it to one
+        first = load_engine(artifacts["pth"], precision="bf16")
+        load_engine(artifacts["pth"], precision="bf16")
+    assert [str(w.message) for w in caught if "emulated" in str(w.message)] == [
+        "TorchEngine: bf16 on this CPU is emulated (none of avx512_bf16, amx_bf16): slower than fp32"]
+    assert first.emulated and load_engine(artifacts["pth"]).emulated is None

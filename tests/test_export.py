@@ -201,17 +201,19 @@ def test_fp16_agrees_with_fp32_on_real_crops(exported):
     assert any(line.startswith("fp16 vs fp32 on 8 real crops") for line in lines)
 
 
-def test_int8_model_is_symmetric_per_channel_qdq(exported):
+def test_int8_model_pairs_uint8_activations_with_symmetric_per_channel_int8_weights(exported):
     out, _, _ = exported
     model = onnx.load(str(out / "tokenpose_t_int8.onnx"))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert q and dq
-    for n in dq:  # symmetric: every zero point is 0 and int8
-        if len(n.input) > 2 and n.input[2] in inits:
-            zp = inits[n.input[2]]
+    for n in dq:  # weights: symmetric int8 (zero point 0); activations: uint8, the x86 kernels' pairing
+        zp = inits[n.input[2]]
+        if n.input[0] in inits:
             assert zp.dtype == np.int8 and not zp.any(), n.name
+        else:
+            assert zp.dtype == np.uint8, n.name
     weight_dq = [n for n in dq if n.input[0] in inits and inits[n.input[0]].dtype == np.int8
                  and inits[n.input[0]].ndim >= 2]
     assert weight_dq and all(inits[n.input[1]].size > 1 for n in weight_dq), "per-channel weight scales"
@@ -225,6 +227,13 @@ def test_int8_model_is_symmetric_per_channel_qdq(exported):
         assert all(prod.get(i) is None or prod[i].op_type != "DequantizeLinear" for i in node.input), name
     quantized_mm = [n for n in model.graph.node if n.op_type == "MatMul" and n.name not in kept]
     assert quantized_mm and all(prod[n.input[0]].op_type == "DequantizeLinear" for n in quantized_mm)
+    # MatMul outputs stay float32 (MatMulIntegerToFloat), so no MatMul output is quantized.
+    assert not any(prod.get(n.input[0]) is not None and prod[n.input[0]].op_type == "MatMul" for n in q)
+    assert sorted(m.higher_precision["int8_nodes"]) == sorted(
+        n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.name not in kept)
+    kernels = m.onnxruntime["kernels"]
+    assert kernels.get("QLinearConv", 0) + kernels.get("MatMulIntegerToFloat", 0) >= len(quantized_mm), kernels
+    assert m.onnxruntime["fusions"] == ["attention"] and m.onnxruntime["fused"] == {"attention": 12}
     cal = m.calibration
     assert cal["num_crops"] == 8 and cal["method"] == "minmax" and cal["kind"] == "coco"
     assert m.verification["vs_fp32"]["oks_mean"] > 0.5

@@ -220,3 +220,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(engine, gt_boxes, 
     np.testing.assert_allclose([r["keypoints"] for r in resumed], [r["keypoints"] for r in uninterrupted], atol=1e-4)
     left = sorted(p.name for p in out.iterdir())
     assert left == sorted([*(p.name for p in COCO_IMAGES.iterdir()), "results.json"])  # no log, no temp files
+
+
+def test_detector_options_fail_in_one_line(engine, tmp_path):
+    """A detector graph in none of the formats, an impossible --detector-class, --det-every with a
+    boxes file and tracking under --ray: one error line each, before any work."""
+    from test_detectors import constant_graph, yolov8_output
+
+    odd = constant_graph(tmp_path / "odd.onnx", {"a": np.zeros((1, 4, 4)), "b": np.zeros((1, 4, 4))})
+    assert_one_line_error(predict(engine, IMAGE, "--detector", odd, "-o", tmp_path / "o1"),
+                          str(odd), "in none of the formats", "outputs: a (B, 4, 4), b (B, 4, 4)")
+    v8 = constant_graph(tmp_path / "v8.onnx", {"output0": yolov8_output()})
+    assert_one_line_error(predict(engine, IMAGE, "--detector", v8, "--detector-class", "7", "-o", tmp_path / "o2"),
+                          "has 2 classes: --detector-class 7 is impossible")
+    assert_one_line_error(predict(engine, IMAGE, "--boxes", _one_box(tmp_path), "--det-every", "3", "-o",
+                                  tmp_path / "o3"), "--det-every", "--boxes")
+    assert_one_line_error(predict(engine, IMAGE, "--track", "--ray", "-o", tmp_path / "o4"), "--track", "--ray")
+    assert not any((tmp_path / f"o{k}" / "results.json").exists() for k in range(1, 5))

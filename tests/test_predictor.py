@@ -26,6 +26,7 @@ from tokenpose.data.transforms import (
     read_image,
 )
 from tokenpose.engines import PosePrediction, PosePredictor, load_engine
+from tokenpose.engines.chunking import auto_chunk_size, best_chunk_size, cache_file, candidate_sizes, engine_key
 from tokenpose.predict.detector import (
     WHOLE_IMAGE_SCORE,
     HogPersonDetector,
@@ -393,3 +394,57 @@ def test_engines_compared_on_the_same_crops_each_get_their_own_normalisation(art
         np.testing.assert_array_equal(kpts, want_k)
         np.testing.assert_array_equal(mv, want_mv)
     assert np.abs(default.last_input - other.last_input).max() > 0.5
+
+
+def test_best_chunk_size_is_the_smallest_within_tolerance_of_the_fastest():
+    assert best_chunk_size({1: 10.0, 2: 12.0, 8: 12.5, 32: 9.0}) == 2  # 12.0 is within 5% of 12.5
+    assert best_chunk_size({1: 10.0, 2: 11.0, 8: 12.5}) == 8
+    assert best_chunk_size({4: 3.0}) == 4
+    assert candidate_sizes(1, 32) == [1, 2, 4, 8, 16, 32]
+    assert candidate_sizes(3, 12) == [4, 8, 12]
+    with pytest.raises(ValueError, match="no measured batch"):
+        best_chunk_size({})
+
+
+def test_auto_chunk_size_measures_once_per_engine_and_machine(artifacts, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = load_engine(artifacts["pth"])
+    calls = []
+
+    def table(eng, sizes):  # an injected measurement: batch 4 is fastest per image on this "machine"
+        calls.append(list(sizes))
+        return {b: 20.0 if b == 4 else 10.0 + b / 8 for b in sizes}
+
+    assert auto_chunk_size(engine, 32, measure=table) == 4
+    assert calls == [[1, 2, 4, 8, 16, 32]]
+    stored = json.loads(cache_file().read_text())["entries"]
+    assert list(stored) == [engine_key(engine)] and engine.manifest["sha256"] in engine_key(engine)
+    assert auto_chunk_size(engine, 32, measure=table) == 4 and len(calls) == 1  # read from the cache
+    assert auto_chunk_size(engine, 8, measure=table) == 4 and len(calls) == 1  # a subset of what is cached
+    assert PosePredictor(engine, batch_size="auto").batch_size == 4  # the predictor reads the same cache
+    assert PosePredictor(engine, batch_size=16).batch_size == 16  # an explicit size is kept exactly
+    assert PosePredictor(engine).batch_size == 32  # the default is unchanged
+
+
+def test_auto_chunk_size_keeps_gpu_engines_at_their_largest_batch_and_takes_bench_tables(artifacts):
+    engine = load_engine(artifacts["pth"])
+    gpu = CountingEngine(engine)
+    gpu.name = "tensorrt"
+    assert auto_chunk_size(gpu, 64, measure=lambda *_: pytest.fail("a GPU engine is never timed")) == 64
+    bench_table = {1: 5.0, 8: 7.5, 32: 6.0, 64: 9.0}  # e.g. a tokenpose-bench result's images/s
+    assert PosePredictor(MinBatchEngine(engine, min_batch=1, max_batch=32), batch_size=bench_table).batch_size == 8
+    with pytest.raises(TokenPoseError, match="no batch between 1 and 32"):
+        PosePredictor(MinBatchEngine(engine, min_batch=1, max_batch=32), batch_size={64: 9.0})
+    with pytest.raises(TokenPoseError, match="'fastest'"):
+        PosePredictor(engine, batch_size="fastest")
+
+
+def test_measured_chunk_size_runs_the_real_engine(artifacts, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    engine = CountingEngine(load_engine(artifacts["pth"]))
+    size = PosePredictor(engine, batch_size="auto").batch_size  # tiny model: a fraction of a second
+    assert size in candidate_sizes(1, 32)
+    assert sorted(set(engine.batches)) == candidate_sizes(1, 32)
+    (entry,) = json.loads(cache_file().read_text())["entries"].values()
+    table = {int(b): v for b, v in entry["images_per_s"].items()}
+    assert sorted(table) == candidate_sizes(1, 32) and best_chunk_size(table) == size

@@ -318,3 +318,36 @@ def test_sigterm_stops_the_server_within_30_seconds(server):
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=40)
     assert time.monotonic() - start < 30 and rc == 0, (rc, server["log"].read_text()[-2000:])
+
+
+def test_requests_without_boxes_need_a_detector():
+    body = json.dumps({"image": base64.b64encode(PEOPLE[0][0].read_bytes()).decode()}).encode()
+    with pytest.raises(RequestError, match="no 'boxes' field"):
+        parse_json_request(body, LIMITS)
+    assert parse_json_request(body, LIMITS, boxes_optional=True).boxes is None
+
+
+def test_served_detector_finds_the_people_of_requests_without_boxes(tmp_path):
+    """`serve --detector`: a request without boxes is answered as the local predictor answers on the
+    detector's boxes; a request with boxes still uses its own."""
+    from test_detectors import constant_graph, yolov8_output
+
+    from tokenpose.predict.detectors import load_detector
+
+    onnx = build_artifacts(tmp_path)["onnx"]
+    det_path = constant_graph(tmp_path / "det.onnx", {"output0": yolov8_output()})
+    proc, url = _start_server(onnx, tmp_path / "server.log", "--cpus-per-replica", "0.5", "--detector", det_path)
+    try:
+        predictor = PosePredictor(load_engine(onnx))
+        image, boxes = PEOPLE[0]
+        (found,) = load_detector(det_path).detect([cv2.imread(str(image))])
+        assert len(found) == 2
+        status, body = _post(f"{url}/v1/pose", json.dumps({"image": base64.b64encode(image.read_bytes()).decode()}).encode())
+        assert status == 200, body
+        from tokenpose.serving.client import prediction_from_json
+
+        _assert_same(prediction_from_json(json.loads(body)), _expected(predictor, image, found))
+        _assert_same(Client(url).predict(image, boxes), _expected(predictor, image, boxes))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0

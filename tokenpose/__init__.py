@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "PosePrediction": "tokenpose.engines",
     "PosePredictor": "tokenpose.engines",
     "load_engine": "tokenpose.engines",
+    "load_detector": "tokenpose.predict.detectors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -27,6 +28,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 if TYPE_CHECKING:
     from tokenpose.engines import PosePrediction, PosePredictor, load_engine
     from tokenpose.models import ModelConfig, TokenPose, create_model, list_variants
+    from tokenpose.predict.detectors import load_detector
 
 
 def __getattr__(name: str) -> Any:

@@ -119,6 +119,9 @@ class Manifest:
     int8_base: str | None = None
     verification: dict | None = None  # parity / accuracy figures measured at export
     source: str | None = None  # the artifact this one was made from (an engine's ONNX file)
+    # ONNX only: how an ONNX Runtime CPU session runs it (graph optimisation level, the in-memory
+    # fusions of tokenpose.export.fusion it was verified with, the INT8 kernels it gets).
+    onnxruntime: dict | None = None
     sha256: str = ""
     versions: dict[str, str | None] = field(default_factory=dict)
     gpu: str | None = None

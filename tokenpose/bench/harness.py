@@ -26,8 +26,16 @@ import torch
 from tokenpose.bench.peak import PeakKey, measure_peaks, peak_key
 from tokenpose.bench.pipeline import Scene, pipeline_scenes, run_pipeline, synthetic_scenes
 from tokenpose.bench.preparation import PreparedEngine, open_engine_files, prepare_engines
+from tokenpose.bench.profile import profile_onnx
 from tokenpose.bench.provenance import collect_provenance, command_line, load_average
-from tokenpose.bench.results import BenchResult, BenchRow, MatmulPeak, failure_reason, latency_stats
+from tokenpose.bench.results import (
+    BenchResult,
+    BenchRow,
+    MatmulPeak,
+    failure_reason,
+    fill_speedups,
+    latency_stats,
+)
 from tokenpose.bench.settings import BASELINE_ENGINE, BenchError, BenchSettings
 from tokenpose.bench.timing import Runner, time_batch
 from tokenpose.engines.base import BACKENDS
@@ -115,7 +123,23 @@ def _bench_variant(variant: str, from_files: list[PreparedEngine], settings: Ben
             else:
                 log(f"  {row.engine:<12} failed: {row.reason}")
     measure_peaks(keys, peaks, settings.peak_size, settings.threads, log)
+    if settings.profile:
+        _profile(prepared, cfg, variant, settings, result, log)
     return prepared
+
+
+def _profile(prepared: list[PreparedEngine], cfg, variant: str, settings: BenchSettings, result: BenchResult,
+             log: Log) -> None:
+    """ONNX Runtime's per-op table for every ONNX Runtime engine, at the largest batch."""
+    batch = max(settings.batches)
+    images = synthetic_inputs(cfg, batch, seed=settings.seed)
+    for prep in prepared:
+        if prep.backend == "onnxruntime" and hasattr(prep.engine, "profiled_session"):
+            log(f"{variant}: profiling {prep.name} at batch {batch}")
+            try:
+                result.profiles.append(profile_onnx(prep, images, variant))
+            except Exception as exc:  # noqa: BLE001 - a profile that cannot run is noted, the timings stand
+                log(f"  {prep.name}: profile failed: {failure_reason(exc)}")
 
 
 def _scenes(settings: BenchSettings) -> list[Scene]:
@@ -128,7 +152,7 @@ def _row(r: Runner, variant: str, batch: int, comp: Complexity | None, device: s
     """The result row of one runner: latency statistics, throughput, CPU use, memory, GFLOP/s."""
     p = r.prep
     row = BenchRow(variant, p.name, p.backend, p.precision, device, batch, "ok", timing=r.timing,
-                   iters=len(r.samples), artifact=p.artifact)
+                   iters=len(r.samples), artifact=p.artifact, emulated=p.emulated)
     if comp is not None:
         row.params, row.gflops_paper_convention, row.true_gflops = (
             comp.params, comp.gflops_paper_convention, comp.true_gflops)
@@ -161,3 +185,4 @@ def _fill_derived(result: BenchResult, peaks: dict[PeakKey, MatmulPeak]) -> None
         b = base.get((r.variant, r.batch, r.device))
         if b:
             r.speedup_vs_torch = r.throughput_ips / b
+    fill_speedups(result.rows, "onnxruntime", "speedup_vs_onnx", first="onnx")

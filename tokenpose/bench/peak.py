@@ -23,7 +23,7 @@ PeakKey = tuple[str, str, str]  # (library, precision, device)
 
 def peak_key(backend: str, precision: str, device: str) -> PeakKey:
     """Which GEMM an engine of `backend` and `precision` on `device` is compared with."""
-    if backend == "onnxruntime" and device == "cuda":
+    if (backend == "onnxruntime" and device == "cuda") or backend == "aoti":  # AOTInductor calls torch's GEMMs
         return ("torch", precision, device)
     return (backend, precision, device)
 

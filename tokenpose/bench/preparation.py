@@ -3,10 +3,11 @@
 For every variant the `--engines` names are made on demand: the weights go to
 `<work_dir>/<variant>/` as a `.pth` (random weights with a fixed seed unless `--checkpoint`), the
 ONNX / FP16 / INT8 models and TensorRT engines are written there by
-`tokenpose.export.pipeline.export_model` and reused while their manifest matches those weights;
+`tokenpose.export.pipeline.export_model` (the AOTInductor package by `export_aoti`) and reused
+while their manifest matches those weights;
 every engine is opened with `load_engine`. Engines that cannot run here (no GPU, no TensorRT, no
-calibration data, an export or load error) come back as `SkippedEngine`s with the reason, never
-dropped silently. `--engine` files are opened as they are (`open_engine_files`).
+calibration data, an export or load error, a precision this device only emulates unless
+`--emulated`) come back as `SkippedEngine`s with the reason, never dropped silently. `--engine` files are opened as they are (`open_engine_files`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 from tokenpose.bench.results import SkippedEngine, failure_reason
 from tokenpose.bench.settings import ENGINES, BenchSettings, EngineSpec
 from tokenpose.engines.base import load_engine
+from tokenpose.engines.torch_engine import emulated_reason
 from tokenpose.errors import TokenPoseError
+from tokenpose.export.aoti import export_aoti
 from tokenpose.export.pipeline import ExportOptions, artifact_name, export_model
 from tokenpose.export.tensorrt import tensorrt_unavailable_reason
 from tokenpose.files import ensure_writable_dir
@@ -45,6 +48,7 @@ class PreparedEngine:
     backend: str
     precision: str
     artifact: str | None
+    emulated: bool = False  # a precision the device has no instructions for (timed with --emulated)
 
 
 def _weights_file(variant: str, work: Path, checkpoint: str | None, seed: int) -> Path:
@@ -96,15 +100,17 @@ def _skip_reason(spec: EngineSpec, settings: BenchSettings) -> str | None:
             reason = "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
     if spec.precision == "int8" and settings.calib_data is None:
         reason = reason or "INT8 needs calibration crops: pass --calib-data (a COCO keypoints json or an image folder)"
-    if spec.backend == "torch" and spec.precision == "fp16" and device == "cpu":
-        reason = "FP16 autocast is a GPU precision; on the CPU use torch-bf16"
+    if spec.backend == "torch" and not settings.emulated:
+        emulated = emulated_reason(spec.precision, device)
+        reason = reason or (emulated and f"{emulated}; pass --emulated to time it anyway")
     return reason
 
 
 def _export_missing(missing: list[EngineSpec], cfg: ModelConfig, work: Path, weights: Path,
                     settings: BenchSettings, log: Callable[[str], None]) -> str | None:
-    """Export every missing artifact in one `export_model` call (it always writes FP32 first);
-    the reason the export failed, or None."""
+    """Export every missing artifact: the ONNX models and engines in one `export_model` call (it
+    always writes FP32 first), the AOTInductor package with `export_aoti`; the reason an export
+    failed, or None."""
     precisions = {s.precision for s in missing}
     largest = max(settings.batches)
     options = ExportOptions(
@@ -114,7 +120,11 @@ def _export_missing(missing: list[EngineSpec], cfg: ModelConfig, work: Path, wei
     )
     log(f"{cfg.name}: exporting {', '.join(s.name for s in missing)} into {work}")
     try:
-        export_model(options, log=lambda msg: log(f"  {msg}"))
+        if any(s.backend != "aoti" for s in missing):
+            export_model(options, log=lambda msg: log(f"  {msg}"))
+        if any(s.backend == "aoti" for s in missing):
+            export_aoti(cfg.name, work / artifact_name(cfg.name, "fp32", ".pt2"), checkpoint=weights, batch=options.batch,
+                        device=settings.device, log=lambda msg: log(f"  {msg}"))
     except _ENGINE_ERRORS as exc:
         return f"export failed: {failure_reason(exc, None)}"
     return None
@@ -124,7 +134,9 @@ def _load_options(spec: EngineSpec, cfg: ModelConfig, settings: BenchSettings) -
     """`load_engine` keyword arguments for a made engine of `spec`."""
     device = settings.device
     if spec.backend == "torch":
-        return {"variant": cfg.name, "device": device, "precision": spec.precision}
+        return {"variant": cfg.name, "device": device, "precision": spec.precision, "compile": spec.compile}
+    if spec.backend == "aoti":
+        return {"device": device}
     if spec.backend == "onnxruntime":
         return {"device": device, **({"threads": settings.threads} if settings.threads else {})}
     return {"device": "cpu"} if device == "cpu" else {}  # TensorRT runs on its own device
@@ -164,7 +176,8 @@ def prepare_engines(settings: BenchSettings, variant: str, log: Callable[[str], 
         except _ENGINE_ERRORS as exc:
             skipped.append(SkippedEngine(variant, spec.name, f"cannot open {path.name}: {failure_reason(exc, None)}"))
             continue
-        prepared.append(PreparedEngine(spec.name, engine, spec.backend, spec.precision, str(path)))
+        emulated = spec.backend == "torch" and emulated_reason(spec.precision, settings.device) is not None
+        prepared.append(PreparedEngine(spec.name, engine, spec.backend, spec.precision, str(path), emulated))
     return prepared, skipped
 
 

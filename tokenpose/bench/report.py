@@ -18,7 +18,7 @@ from typing import Any
 
 from tokenpose.files import atomic_write
 
-__all__ = ["machine_line", "markdown_report", "plot_throughput", "speed_table", "zoo_speed_table"]
+__all__ = ["machine_line", "markdown_report", "plot_throughput", "profile_tables", "speed_table", "zoo_speed_table"]
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -50,22 +50,28 @@ def machine_line(result: Any) -> str:
     return "; ".join(parts) + "."
 
 
+def _precision(row: dict) -> str:
+    """The precision cell: "bf16 (emulated)" where the device has no instructions for it."""
+    return f"{row['precision']} (emulated)" if row.get("emulated") else row["precision"]
+
+
 def speed_table(result: Any) -> str:
     """Markdown table: one row per variant, engine and batch size."""
     d = _as_dict(result)
-    head = ("| variant | engine | precision | batch | p50 ms | p90 ms | p99 ms | images/s | x torch | "
+    head = ("| variant | engine | precision | batch | p50 ms | p90 ms | p99 ms | images/s | x torch | x ONNX FP32 | "
             "GFLOP/s | % of peak | CPU util | peak mem MiB | call +MiB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in d["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['variant']} | {r['engine']} | {r['precision']} | {r['batch']} | failed: "
-                         f"{r['reason']} | | | | | | | | | |")
+            lines.append(f"| {r['variant']} | {r['engine']} | {_precision(r)} | {r['batch']} | failed: "
+                         f"{r['reason']} | | | | | | | | | | |")
             continue
         lat, mem = r["latency_ms"], r.get("memory") or {}
         lines.append(
-            f"| {r['variant']} | {r['engine']} | {r['precision']} | {r['batch']} | {_f(lat['p50'])} | "
+            f"| {r['variant']} | {r['engine']} | {_precision(r)} | {r['batch']} | {_f(lat['p50'])} | "
             f"{_f(lat['p90'])} | {_f(lat['p99'])} | {_f(r['throughput_ips'])} | "
-            f"{_f(r.get('speedup_vs_torch'), 2, 'x')} | {_f(r.get('achieved_gflops_per_s'), 1)} | "
+            f"{_f(r.get('speedup_vs_torch'), 2, 'x')} | {_f(r.get('speedup_vs_onnx'), 2, 'x')} | "
+            f"{_f(r.get('achieved_gflops_per_s'), 1)} | "
             f"{_f(None if r.get('peak_fraction') is None else 100 * r['peak_fraction'], 1)} | "
             f"{_f(r.get('cpu_util'), 2)} | {_f(mem.get('peak_mb'), 0)} | {_f(mem.get('delta_mb'), 0)} |"
         )
@@ -98,6 +104,19 @@ def pipeline_table(result: Any) -> str:
     return "\n".join(lines)
 
 
+def profile_tables(result: Any, top: int = 12) -> str:
+    """One markdown table per profiled ONNX Runtime engine: kernel ms per call by op type."""
+    d = _as_dict(result)
+    out = []
+    for p in d.get("profiles") or []:
+        out += [f"{p['variant']} {p['engine']}, batch {p['batch']} ({p['runs']} profiled calls, "
+                f"{p['total_ms']:.1f} ms of kernels per call):", "",
+                "| op | ms per call | share | nodes |", "|---|---|---|---|"]
+        out += [f"| {o['op']} | {o['ms']:.2f} | {100 * o['share']:.1f}% | {o['nodes']} |" for o in p["ops"][:top]]
+        out.append("")
+    return "\n".join(out)
+
+
 def zoo_speed_table(result: Any, batch: int = 1) -> str:
     """The paper's parameter/GFLOP table beside true FLOPs and measured images/s at `batch`."""
     d = _as_dict(result)
@@ -127,13 +146,16 @@ def markdown_report(result: Any, *, title: str | None = "tokenpose-bench") -> st
            else f"{s['warmup']} warm-up + {s['iters']} timed calls")
     out += [(f"Timing: {how}, {'interleaved rounds' if s['interleave'] else 'one engine after another'}, "
             f"seeded synthetic inputs; latency per batch call; images/s = batch / mean latency; "
-            f"x torch = throughput / PyTorch eager FP32 throughput at the same batch; GFLOP/s from true FLOPs; "
+            f"x torch = throughput / PyTorch eager FP32 throughput at the same batch; x ONNX FP32 = the same "
+            f"against the ONNX Runtime FP32 engine; GFLOP/s from true FLOPs; "
             f"% of peak against the same run's matmul peak in the engine's library and precision; "
             f"CPU util = process CPU s / wall s (at most the thread count; less means other processes had "
             f"the cores); peak mem = the process's peak {'RSS' if not d['provenance'].get('gpu') else 'memory'} "
             f"during the engine's calls (all engines stay loaded), call +MiB = its growth during one call."), ""]
     if d["rows"]:
         out += [speed_table(d), ""]
+    if d.get("profiles"):
+        out += ["Where the time goes (ONNX Runtime's profiler, kernel time by op type):", "", profile_tables(d)]
     if d["skipped"]:
         out += ["Skipped:", ""] + [f"- {k['engine']} ({k['variant']}): {k['reason']}" for k in d["skipped"]] + [""]
     if d["peaks"]:

@@ -24,11 +24,15 @@
                     memory {kind, peak_mb, delta_mb}, params, gflops_paper_convention,
                     true_gflops (per image), achieved_gflops_per_s, peak_gflops_per_s,
                     peak_fraction, speedup_vs_torch (throughput / torch eager FP32's at the same
-                    variant, batch and device; null without a torch row), artifact
+                    variant, batch and device; null without a torch row), speedup_vs_onnx (the
+                    same against the ONNX Runtime FP32 engine), artifact, emulated
+                    (true: a precision this device has no instructions for, run with --emulated)
     skipped[]       variant, engine, reason
     pipeline[]      variant, engine, precision, persons_per_image, images, total_ms_per_image,
                     engine_ms_per_image, outside_engine_share, persons_per_s, images_per_s,
                     status, reason
+    profiles[]      (--profile) variant, engine, batch, runs, total_ms (kernel time per call),
+                    ops[] {op, ms per call, share, nodes}: ONNX Runtime's profiler by op type
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ __all__ = [
     "PipelineRow",
     "SkippedEngine",
     "failure_reason",
+    "fill_speedups",
     "latency_stats",
 ]
 
@@ -65,6 +70,19 @@ def failure_reason(exc: BaseException, limit: int | None = 500) -> str:
     (None: whole): the `reason` of a failed row or skipped engine."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def fill_speedups(rows: list[BenchRow], backend: str, field_name: str, first: str | None = None) -> None:
+    """Set `field_name` of every ok row to its throughput over the FP32 `backend` row's at the same
+    variant, batch and device (the engine named `first` is preferred as that baseline)."""
+    base: dict[tuple[str, int, str], float] = {}
+    for r in sorted(rows, key=lambda r: r.engine != first):
+        if r.backend == backend and r.precision == "fp32" and r.status == "ok":
+            base.setdefault((r.variant, r.batch, r.device), r.throughput_ips)
+    for r in rows:
+        b = base.get((r.variant, r.batch, r.device))
+        if r.status == "ok" and b:
+            setattr(r, field_name, r.throughput_ips / b)
 
 
 @dataclass
@@ -122,7 +140,9 @@ class BenchRow:
     peak_gflops_per_s: float | None = None
     peak_fraction: float | None = None
     speedup_vs_torch: float | None = None
+    speedup_vs_onnx: float | None = None
     artifact: str | None = None
+    emulated: bool = False  # a precision the device lacks instructions for (--emulated)
 
 
 @dataclass
@@ -157,6 +177,7 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     skipped: list[SkippedEngine] = field(default_factory=list)
     pipeline: list[PipelineRow] = field(default_factory=list)
+    profiles: list[Any] = field(default_factory=list)  # tokenpose.bench.profile.OpProfile
     command: str = ""
     created: str = ""
     schema: str = SCHEMA
@@ -165,7 +186,7 @@ class BenchResult:
         """The JSON object of the module docstring, keys in that order."""
         d = asdict(self)
         order = ["schema", "created", "command", "settings", "provenance", "complexity", "peaks", "rows",
-                 "skipped", "pipeline"]
+                 "skipped", "pipeline", "profiles"]
         return json.loads(json.dumps({k: d[k] for k in order}))
 
     def write_json(self, path: str | os.PathLike) -> Path:

@@ -39,20 +39,23 @@ class EngineSpec:
     """One `--engines` name: which backend, in which precision, from which artifact."""
 
     name: str
-    backend: str  # "torch", "onnxruntime", "tensorrt"
+    backend: str  # "torch", "onnxruntime", "tensorrt", "aoti"
     precision: str  # "fp32", "fp16", "bf16", "int8"
-    suffix: str  # the artifact's suffix: ".pth", ".onnx", ".engine"
+    suffix: str  # the artifact's suffix: ".pth", ".onnx", ".engine", ".pt2"
+    compile: bool = False  # torch only: `torch.compile` (the first call at each batch size compiles)
 
 
 ENGINES: dict[str, EngineSpec] = {
     s.name: s
     for s in (
         EngineSpec("torch", "torch", "fp32", ".pth"),
+        EngineSpec("torch-compile", "torch", "fp32", ".pth", compile=True),
         EngineSpec("torch-bf16", "torch", "bf16", ".pth"),
         EngineSpec("torch-fp16", "torch", "fp16", ".pth"),
         EngineSpec("onnx", "onnxruntime", "fp32", ".onnx"),
         EngineSpec("onnx-fp16", "onnxruntime", "fp16", ".onnx"),
         EngineSpec("onnx-int8", "onnxruntime", "int8", ".onnx"),
+        EngineSpec("aoti", "aoti", "fp32", ".pt2"),
         EngineSpec("trt-fp32", "tensorrt", "fp32", ".engine"),
         EngineSpec("trt-fp16", "tensorrt", "fp16", ".engine"),
         EngineSpec("trt-int8", "tensorrt", "int8", ".engine"),
@@ -124,6 +127,8 @@ class BenchSettings:
     pipeline_data: str | None = None  # COCO keypoints json with person boxes; None: synthetic scenes
     peak_size: int = 0  # n of the peak GEMM; 0: 2048 on CPU, 8192 on CUDA
     seed: int = 0
+    profile: bool = False  # per-op table of ONNX Runtime engines at the largest batch
+    emulated: bool = False  # also time precisions this device only emulates (marked "emulated")
 
     def check(self, variants: Sequence[str], file_types: Sequence[str], cuda: bool) -> BenchSettings:
         """Raise BenchError naming the first bad value; resolve names and the device.

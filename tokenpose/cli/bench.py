@@ -68,11 +68,19 @@ def command(
                                           "(default: none, and the INT8 engines are skipped)."),
     ] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="INT8 calibration crops.")] = 32,
+    emulated: Annotated[
+        bool, typer.Option("--emulated", help="Also time reduced precisions this device has no instructions for "
+                                              "(skipped by default; their rows say 'emulated').")
+    ] = False,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Where exported models are cached.")] = DEFAULT_WORK_DIR,
     peak_size: Annotated[int, typer.Option("--peak-size", help="n of the n x n peak GEMM (0: 2048 CPU, 8192 GPU).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the markdown report here.")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write the throughput plot (PNG) here.")] = None,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Per-op time table of every ONNX Runtime engine (its profiler), "
+                                             "at the largest batch.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ) -> None:
     """Benchmark engines side by side: latency p50/p90/p99, throughput, memory, % of matmul peak."""
@@ -86,6 +94,7 @@ def command(
         persons=persons, pipeline_images=pipeline_images, work_dir=str(work_dir), peak_size=peak_size,
         checkpoint=str(checkpoint) if checkpoint else None, calib_size=calib_size,
         calib_data=str(calib_data) if calib_data else None, pipeline_data=str(pipeline_data) if pipeline_data else None,
+        emulated=emulated, profile=profile,
     )
     check_outputs(json_out, markdown_out, plot_out)
     log = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))

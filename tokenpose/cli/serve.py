@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from tokenpose.cli.common import EngineOpt, FlipOpt, friendly_errors, standalone
+from tokenpose.cli.predict import (
+    DetectorClassOpt,
+    DetectorFormatOpt,
+    DetectorOpt,
+    DetectorSizeOpt,
+    DetectorThrOpt,
+    load_detector_option,
+)
 
 
 @friendly_errors
@@ -30,9 +38,17 @@ def command(
     gpus: Annotated[float, typer.Option("--gpus-per-replica", help="Ray GPUs per replica with --device cuda.")] = 1.0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body (MB); larger: 413.")] = 20.0,
     max_boxes: Annotated[int, typer.Option("--max-boxes", help="Most boxes per request; more: 413.")] = 256,
+    detector: DetectorOpt = None,
+    detector_format: DetectorFormatOpt = None,
+    detector_size: DetectorSizeOpt = None,
+    detector_class: DetectorClassOpt = 0,
+    detector_thr: DetectorThrOpt = 0.3,
 ) -> None:
     """Serve POST /v1/pose (JSON or multipart: an image and its person boxes), GET /v1/health and
-    GET /v1/model until Ctrl-C or SIGTERM. Requests from all clients are batched together."""
+    GET /v1/model until Ctrl-C or SIGTERM. Requests from all clients are batched together. With
+    --detector, a request without boxes has its people found by that ONNX detector."""
+    import dataclasses
+
     from tokenpose.errors import TokenPoseError
 
     try:
@@ -42,10 +58,13 @@ def command(
     from tokenpose.serving.app import ServeOptions, serve_forever
     from tokenpose.serving.protocol import Limits
 
+    found_by = load_detector_option(detector, detector_format, detector_size, detector_class, detector_thr)
+    spec = None if found_by is None else dataclasses.replace(found_by.spec, path=found_by.spec.path.resolve())
+
     options = ServeOptions(
         engine=Path(engine), replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host,
         port=port, address=address, device=device, flip=flip, metrics_port=metrics_port, cpus_per_replica=cpus, gpus_per_replica=gpus,
-        limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_boxes=max_boxes),
+        limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_boxes=max_boxes), detector=spec,
     )
     serve_forever(options, ready=lambda line: typer.echo(line, err=True))
 

@@ -8,6 +8,12 @@ wrong keypoints later.
 Execution providers: "cpu", "cuda" (IO binding: the output stays on the GPU until one copy back)
 or "tensorrt" (ORT's TensorRT EP with an engine cache and the manifest's batch profile);
 "auto" takes CUDA when onnxruntime-gpu offers it, else the CPU.
+
+On the CPU the model goes through the in-memory fusions its manifest lists (`onnxruntime.fusions`,
+`tokenpose.export.fusion`: attention as MultiHeadAttention) and ONNX Runtime's graph optimisation
+at the level the manifest records (default "all"); `fusions=()` / `graph_optimization=` override
+them. Thread settings: `threads` (intra-op), `spinning` (whether idle pool threads spin-wait) and
+`affinity` (ONNX Runtime's `session.intra_op_thread_affinities` string, e.g. "1;2" for 3 threads).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from tokenpose.engines.base import (
     reject_options,
 )
 from tokenpose.errors import TokenPoseError
+from tokenpose.export.fusion import FUSIONS, apply_fusions
 from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
 
 PROVIDERS = {
@@ -33,6 +40,7 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -75,6 +83,10 @@ class OnnxEngine:
         self.meta = dataclasses.replace(meta, min_batch=lo, max_batch=hi)
         self.min_batch, self.max_batch = lo, hi
         self._binding = session.io_binding() if self.providers[0] != "CPUExecutionProvider" else None
+        # What from_file created the session with (profiled_session makes a twin from these).
+        self.session_settings: dict[str, Any] = {}
+        self._model: Any = str(path)
+        self._providers_requested: list[Any] = list(self.providers)
 
     @property
     def config(self) -> EngineMeta:
@@ -107,12 +119,19 @@ class OnnxEngine:
         threads: int | None = None,
         verify: bool = True,
         trt_cache_dir: str | os.PathLike | None = None,
+        graph_optimization: str | None = None,
+        fusions: tuple[str, ...] | list[str] | None = None,
+        spinning: bool | None = None,
+        affinity: str | None = None,
         **unused: Any,
     ) -> OnnxEngine:
         """Open `path` and its manifest `path.json`.
 
         device: "auto" (default), "cpu", "cuda" or "tensorrt". threads: intra-op CPU threads
         (0/None: ONNX Runtime's default, one per physical core). verify: check the sha256.
+        graph_optimization: one of GRAPH_OPTIMIZATION_LEVELS (default: the manifest's, else "all");
+        fusions: CPU graph rewrites (default: the manifest's list, else all of `FUSIONS`);
+        spinning / affinity: the intra-op pool's spin-wait and thread affinities (default: ORT's).
         """
         import onnxruntime as ort
 
@@ -125,31 +144,34 @@ class OnnxEngine:
         check_precision(path, manifest, precision)
         meta = EngineMeta.from_manifest(manifest, path)
         device = _pick_device(device or "auto", ort.get_available_providers())
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallelism is intra-op
-        opts.intra_op_num_threads = int(threads or 0)
-        opts.enable_mem_pattern = True
-        opts.enable_cpu_mem_arena = True
-        opts.log_severity_level = 3
+        recorded = manifest.onnxruntime or {}
+        level = graph_optimization or recorded.get("graph_optimization_level", "all")
+        if level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise TokenPoseError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, got {level!r}")
+        settings = {"graph_optimization_level": level, "threads": int(threads or 0), "spinning": spinning,
+                    "affinity": affinity,
+                    "fusions": list(recorded.get("fusions", FUSIONS) if fusions is None else fusions)
+                    if device == "cpu" else []}
         providers: list[Any] = list(PROVIDERS[device])
         if device == "tensorrt":
-            h, w = meta.input_hw
-            lo, opt, hi = (int(manifest.batch.get(k) or 1) for k in ("min", "opt", "max"))
-            shape = lambda b: f"{manifest.input_name}:{b}x3x{h}x{w}"
-            cache = Path(trt_cache_dir) if trt_cache_dir else path.parent / ".trt_cache"
-            providers[0] = ("TensorrtExecutionProvider", {
-                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                "trt_fp16_enable": manifest.precision == "fp16", "trt_int8_enable": manifest.precision == "int8",
-                "trt_profile_min_shapes": shape(lo), "trt_profile_opt_shapes": shape(opt),
-                "trt_profile_max_shapes": shape(hi),
-            })
-        try:
-            session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
-            raise unreadable_artifact(path, "ONNX model", exc) from None
-        return cls(session, manifest, path, meta, device)
+            providers[0] = _tensorrt_provider(manifest, meta, path, trt_cache_dir)
+        model: Any = str(path)
+        if settings["fusions"]:
+            model, settings["fused"] = _fused_model(path, settings["fusions"])
+        session = _session(ort, model, settings, providers, path)
+        engine = cls(session, manifest, path, meta, device)
+        engine.session_settings = settings
+        engine._model = model
+        engine._providers_requested = providers
+        return engine
+
+    def profiled_session(self, prefix: str):
+        """A second session of the same model and settings with ONNX Runtime's profiler on
+        (`prefix` for its JSON trace); `end_profiling()` on it returns the trace's path."""
+        import onnxruntime as ort
+
+        return _session(ort, self._model, {**self.session_settings, "profile_prefix": prefix},
+                        self._providers_requested, self.path)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 crops normalised as `meta` says -> (B, J, h, w) float32 heatmaps."""
@@ -174,6 +196,59 @@ class OnnxEngine:
 
     def __repr__(self) -> str:
         return f"OnnxEngine({self.path.name}, {self.meta.variant}, {self.precision}, {self.providers[0]})"
+
+
+def _tensorrt_provider(manifest: Manifest, meta: EngineMeta, path: Path, trt_cache_dir) -> tuple[str, dict]:
+    """ORT's TensorRT EP with an engine cache and the manifest's batch profile."""
+    h, w = meta.input_hw
+    lo, opt, hi = (int(manifest.batch.get(k) or 1) for k in ("min", "opt", "max"))
+    shape = lambda b: f"{manifest.input_name}:{b}x3x{h}x{w}"
+    cache = Path(trt_cache_dir) if trt_cache_dir else path.parent / ".trt_cache"
+    return ("TensorrtExecutionProvider", {
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+        "trt_fp16_enable": manifest.precision == "fp16", "trt_int8_enable": manifest.precision == "int8",
+        "trt_profile_min_shapes": shape(lo), "trt_profile_opt_shapes": shape(opt),
+        "trt_profile_max_shapes": shape(hi),
+    })
+
+
+def _fused_model(path: Path, fusions: list[str]) -> tuple[bytes, dict[str, int]]:
+    """The model at `path` with the CPU fusions applied, serialized: (bytes, {fusion: count})."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+        proto, counts = apply_fusions(proto, fusions)
+    except ValueError as exc:
+        raise TokenPoseError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: not a readable model
+        raise unreadable_artifact(path, "ONNX model", exc) from None
+    return proto.SerializeToString(), counts
+
+
+def _session(ort, model, settings: dict, providers: list, path: Path):
+    """An InferenceSession of `model` (a path string or bytes) with the engine's settings."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings["graph_optimization_level"]]
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallelism is intra-op
+    opts.intra_op_num_threads = settings["threads"]
+    opts.enable_mem_pattern = True
+    opts.enable_cpu_mem_arena = True
+    opts.log_severity_level = 3
+    if settings.get("spinning") is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["spinning"] else "0")
+    if settings.get("affinity"):
+        opts.add_session_config_entry("session.intra_op_thread_affinities", str(settings["affinity"]))
+    if settings.get("profile_prefix"):
+        opts.enable_profiling = True
+        opts.profile_file_prefix = settings["profile_prefix"]
+    try:
+        return ort.InferenceSession(model, opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+        raise unreadable_artifact(path, "ONNX model", exc) from None
 
 
 def _pick_device(device: str, available: list[str]) -> str:

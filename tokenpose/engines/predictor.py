@@ -4,7 +4,8 @@ Images are BGR uint8 arrays (as `cv2.imread` returns) or paths; pass `color="rgb
 decoded by PIL / imageio. For one image or a list of images, every person box is cropped
 (`preprocess_crops` of the data pipeline: box -> center/scale with the x1.25 padding, unbiased
 affine, then the engine's own mean/std and colour order from `engine.meta`),
-the crops of all images go into one batch (split only at the engine's max batch), each chunk is
+the crops of all images go into one batch (split at the engine's max batch, or at the size it runs
+fastest at with `batch_size="auto"`), each chunk is
 one engine call (a chunk below the engine's `min_batch` is padded by repeating its last crop, and
 the extra rows are dropped), and the heatmaps are decoded in one vectorised pass (`HeatmapCodec`:
 argmax + DARK, inverse affine back to the image). The optional flip test is the official one: the mirrored
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from tokenpose.data.transforms import (
     read_image,
 )
 from tokenpose.engines.base import Engine, EngineMeta, pad_batch
+from tokenpose.engines.chunking import auto_chunk_size, best_chunk_size
 from tokenpose.errors import InputShapeError, TokenPoseError
 
 ImageLike = np.ndarray | str | os.PathLike
@@ -170,13 +172,18 @@ class PosePredictor:
 
     engine: the Engine (see `tokenpose.load_engine`); its `meta` decides the crop size, the
     normalisation (mean/std, colour order), the heatmap decoding and the flip pairs.
-    flip_test: the official flip test (two passes' worth of crops per call); batch_size: the most
-    crops per engine call (default: the engine's max_batch, else 32; at least its `min_batch`).
+    flip_test: the official flip test (two passes' worth of crops per call).
+    batch_size: the most crops per engine call. An int is used as given (capped at the engine's
+    max_batch, raised to its min_batch); None: the engine's max_batch, else 32; "auto": the size
+    this engine is fastest per image at on this machine, up to that same limit (measured once and
+    cached, `tokenpose.engines.chunking`; GPU engines take the limit); a mapping {batch: images/s}
+    (e.g. from a tokenpose-bench result): its fastest batch, the smallest within 5% of the best.
     Chunks smaller than min_batch are padded with copies of their last crop. The predictor keeps
     no state between calls.
     """
 
-    def __init__(self, engine: Engine, *, flip_test: bool = False, batch_size: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, flip_test: bool = False,
+                 batch_size: int | str | Mapping[int, float] | None = None) -> None:
         self.engine = engine
         self.meta: EngineMeta = engine.meta
         self.flip_test = bool(flip_test)
@@ -186,7 +193,7 @@ class PosePredictor:
             raise TokenPoseError(f"{engine.name} engine has an invalid min_batch {engine.min_batch!r}")
         if limit is not None and self.min_batch > limit:
             raise TokenPoseError(f"{engine.name} engine: min_batch {self.min_batch} exceeds its max_batch {limit}")
-        size = batch_size or limit or 32
+        size = self._chunk_size(batch_size, limit or 32)
         if limit is not None:
             size = min(size, limit)
         if size < 1:
@@ -195,6 +202,20 @@ class PosePredictor:
         # would only add padding, so it is raised to the engine's minimum.
         self.batch_size = max(size, self.min_batch)
         self.codec = HeatmapCodec.from_config(self.meta)
+
+    def _chunk_size(self, batch_size: int | str | Mapping[int, float] | None, limit: int) -> int:
+        """The batch size `batch_size` asks for (see the class docstring), before the engine's bounds."""
+        if batch_size == "auto":
+            return auto_chunk_size(self.engine, limit)
+        if isinstance(batch_size, Mapping):
+            usable = {int(b): float(v) for b, v in batch_size.items() if self.min_batch <= int(b) <= limit}
+            if not usable:
+                raise TokenPoseError(f"batch_size table {dict(batch_size)} has no batch between "
+                                     f"{self.min_batch} and {limit}")
+            return best_chunk_size(usable)
+        if isinstance(batch_size, str):
+            raise TokenPoseError(f"batch_size must be an integer, 'auto' or a {{batch: images/s}} table, got {batch_size!r}")
+        return batch_size or limit
 
     @property
     def config(self) -> EngineMeta:

@@ -3,13 +3,16 @@
 The variant of a checkpoint comes, in this order, from the `variant=` option, from metadata the
 checkpoint carries (`variant`, `model_config`, or a training `config` holding `variant`), or from
 matching its key shapes against every variant (only an exact match is accepted).
-Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps.
+Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps. A reduced precision the
+device has no instructions for (bf16 without AVX512-BF16/AMX, fp16 without AVX512-FP16/AMX-FP16
+on a CPU) runs emulated, slower than fp32: the engine says so once (`emulated_reason`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from tokenpose.engines.base import EngineMeta, check_engine_input, reject_options
+from tokenpose.engines.cpu import cpu_flags
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.manifest import Manifest, sha256_file
 from tokenpose.models.checkpoints import (
@@ -29,6 +33,31 @@ from tokenpose.models.config import VARIANTS, ModelConfig, get_config
 from tokenpose.models.tokenpose import TokenPose
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# CPU flags (x86 /proc/cpuinfo names, then Arm's) any one of which runs the precision natively.
+# Without them PyTorch converts to float32 around every kernel: 20x slower than fp32 on AVX2.
+NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16", "bf16"), "fp16": ("avx512_fp16", "amx_fp16", "asimdhp")}
+_warned: set[tuple[str, str]] = set()
+
+
+def emulated_reason(precision: str, device: str | torch.device, flags: Iterable[str] | None = None) -> str | None:
+    """Why `precision` would run emulated on `device` (slower than fp32), or None when it is native.
+
+    flags: the CPU's feature flags (default: `cpu_flags()`); when they cannot be read nothing is
+    claimed. fp32 is always native; on CUDA, bf16 needs compute capability 8.0 or newer.
+    """
+    if precision not in NATIVE_CPU_FLAGS:
+        return None
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16 on this GPU is emulated (it needs compute capability 8.0 or newer)"
+        return None
+    have = cpu_flags() if flags is None else frozenset(flags)
+    native = NATIVE_CPU_FLAGS[precision]
+    if have is None or not have.isdisjoint(native):
+        return None
+    return f"{precision} on this CPU is emulated (none of {', '.join(native[:2])}): slower than fp32"
 
 
 def _config_from_metadata(value: Any) -> ModelConfig | None:
@@ -83,7 +112,9 @@ class TorchEngine:
     """A TokenPose `nn.Module` behind the Engine protocol.
 
     `__call__`: (B, 3, H, W) float32 normalised RGB -> (B, J, h, w) float32 heatmaps (numpy, host).
-    precision: "fp32", or "fp16"/"bf16" autocast on the engine's device; compile: `torch.compile`.
+    precision: "fp32", or "fp16"/"bf16" autocast on the engine's device (`emulated` holds why it
+    is slow where the device lacks the instructions, else None); compile: `torch.compile` (Inductor,
+    weights frozen in, one graph per batch size: the first call at each size compiles).
     max_batch: the largest batch one call accepts (None: unlimited). `config` is the model's
     ModelConfig; `meta` says what it takes (ImageNet mean/std, RGB, any batch up to max_batch).
     """
@@ -110,8 +141,15 @@ class TorchEngine:
         self.config: ModelConfig = model.config
         self.max_batch = max_batch
         self.meta = EngineMeta.from_config(self.config, precision=precision, max_batch=max_batch)
+        self.emulated = emulated_reason(precision, self.device)
+        if self.emulated and (precision, self.device.type) not in _warned:
+            _warned.add((precision, self.device.type))
+            warnings.warn(f"TorchEngine: {self.emulated}", stacklevel=2)
         self.model = model.eval().to(self.device)
-        self._forward = torch.compile(self.model) if compile else self.model
+        # One graph per batch size (no dynamic-shape kernels) with the weights folded in as
+        # constants ("freezing"); the engine only runs under inference_mode, which freezing needs.
+        self._forward = (torch.compile(self.model, dynamic=False, options={"freezing": True})
+                         if compile else self.model)
         self.manifest = manifest if manifest is not None else self._manifest(None, None)
 
     @classmethod

@@ -1,8 +1,10 @@
 """Read TokenPose's attention without touching its forward: the quantities of the paper's §4 figures.
 
-Every `Attention` layer passes its softmaxed probabilities `(B, heads, N, N)` through a no-op
-`probe`; `record_attention` hooks those probes for the duration of a `with` block and removes the
-hooks afterwards, so the normal forward (and every exported graph) never sees them. Token order
+Every `Attention` layer runs the fused `scaled_dot_product_attention`, which never forms the
+probabilities; while a hook is on its no-op `probe` it also computes the explicit softmaxed
+probabilities `(B, heads, N, N)` and passes them through the probe. `record_attention` hooks those
+probes for the duration of a `with` block and removes the hooks afterwards, so the normal forward
+(and every exported graph) never computes them. Token order
 inside N = J + gh * gw: the J keypoint tokens first, then the visual tokens in row-major order of
 `config.token_grid_hw`. Layers are numbered 0 .. total_layers - 1 across encoder groups (the L
 variants run three encoders of `depth` layers each, in sequence).
@@ -95,8 +97,8 @@ class AttentionRecord:
 def record_attention(model: torch.nn.Module, average_heads: bool = False) -> Iterator[AttentionRecord]:
     """Hook every attention probe of `model` while the block runs; always remove the hooks.
 
-    The hooks only read (they return None), so outputs inside the block are bitwise those of the
-    normal forward. `average_heads=True` stores the mean over heads right away (12x less memory
+    The hooks only read (they return None) and the output still comes from the fused kernel, so
+    outputs inside the block are bitwise those of the normal forward. `average_heads=True` stores the mean over heads right away (12x less memory
     for S-v2's 785 tokens).
     """
     probes = attention_probes(model)

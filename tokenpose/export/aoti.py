@@ -38,6 +38,9 @@ __all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name",
 
 AOTI_SUFFIX = ".pt2"
 DEFAULT_BATCH = BatchRange(1, 8, 32)
+# Inductor settings of the package: "freezing" folds the weights in as constants, so the CPU
+# convolutions and Linears get oneDNN's pre-packed weight layouts (benchmarks/README.md, torch path).
+DEFAULT_INDUCTOR_CONFIGS: dict[str, Any] = {"freezing": True}
 INPUT_NAME = "images"
 OUTPUT_NAME = "heatmaps"
 
@@ -113,7 +116,7 @@ def _trace(model: torch.nn.Module, batch: BatchRange, device: str, log: Callable
 
 
 def _compile_verified(program, model: torch.nn.Module, out_path: Path, checks: Sequence[int], device: str,
-                      tolerance: float, log: Callable[[str], None]) -> dict:
+                      tolerance: float, inductor_configs: Mapping[str, Any], log: Callable[[str], None]) -> dict:
     """Compile `program` into a temp folder beside `out_path`, compare it with the eager model and
     only then rename it to `out_path`. Returns the report; AotiExportError when it differs."""
     cfg: ModelConfig = model.config
@@ -124,7 +127,8 @@ def _compile_verified(program, model: torch.nn.Module, out_path: Path, checks: S
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg))
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg),
+                                                         inductor_configs=dict(inductor_configs))
         except Exception as exc:
             raise AotiExportError(
                 f"AOTInductor compilation failed for variant {cfg.name!r}: {_first_line(exc)} "
@@ -151,6 +155,7 @@ def _compile_verified(program, model: torch.nn.Module, out_path: Path, checks: S
         "device": device,
         "cpu_isa": package_meta.get("AOTI_CPU_ISA", ""),
         "compile_s": round(compiled_s, 2),
+        "inductor_configs": dict(inductor_configs),
     }
 
 
@@ -164,6 +169,7 @@ def export_aoti(
     verify_batches: Sequence[int] = (1, 3),
     tolerance: float = 1e-4,
     manifest_fields: Mapping[str, Any] | None = None,
+    inductor_configs: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> AotiExport:
     """Export a TokenPose model to an AOTInductor package `out_path` (`.pt2`) plus its manifest.
@@ -178,6 +184,8 @@ def export_aoti(
     place, so an interrupted export never leaves half a file under the final name.
     manifest_fields: extra or overriding Manifest fields, e.g. `checkpoint`, `checkpoint_sha256` and
     `random_weights` when a pipeline passes a model it built from a checkpoint itself.
+    inductor_configs: `torch._inductor.config` settings for the compile (default
+    DEFAULT_INDUCTOR_CONFIGS); they are recorded in the manifest's verification report.
     Returns AotiExport(path, manifest path, report).
     """
     out_path = Path(out_path)
@@ -187,7 +195,8 @@ def export_aoti(
     model = model.eval().float().to(device)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     program, exported_s = _trace(model, batch, device, log)
-    report = _compile_verified(program, model, out_path, checks, device, tolerance, log)
+    configs = DEFAULT_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs
+    report = _compile_verified(program, model, out_path, checks, device, tolerance, configs, log)
     report["export_s"] = round(exported_s, 2)
     manifest = Manifest.for_config(
         cfg, artifact=out_path.name, format="pt2", precision="fp32", input_name=INPUT_NAME,

@@ -32,6 +32,7 @@ __all__ = [
     "FORBIDDEN_OPS",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "INT8_KERNELS",
     "ExportError",
     "HeatmapAgreement",
     "ParityReport",
@@ -39,6 +40,7 @@ __all__ = [
     "compare_heatmaps",
     "export_onnx_model",
     "ort_session",
+    "runtime_kernels",
     "simplify_graph",
     "synthetic_inputs",
     "verify_against_torch",
@@ -146,8 +148,11 @@ def simplify_graph(proto) -> tuple[object, dict]:
     return slim, info
 
 
-def ort_session(model, *, threads: int = 0):
-    """An ONNX Runtime CPU session from a path, serialized bytes or an `onnx.ModelProto`."""
+def ort_session(model, *, threads: int = 0, optimized_path: str | None = None):
+    """An ONNX Runtime CPU session from a path, serialized bytes or an `onnx.ModelProto`.
+
+    optimized_path: where ONNX Runtime saves the graph it actually runs (after its fusions).
+    """
     import onnxruntime as ort
 
     if hasattr(model, "SerializeToString"):
@@ -155,12 +160,31 @@ def ort_session(model, *, threads: int = 0):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.optimized_model_filepath = optimized_path
     try:
         return ort.InferenceSession(
             model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise ExportError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+
+
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QAttention")
+
+
+def runtime_kernels(model) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime's CPU provider runs for `model` (path, bytes or ModelProto)
+    after its own fusions: shows which Q/DQ groups became integer kernels and which stayed float."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="tokenpose-ort-") as tmp:
+        saved = f"{tmp}/optimized.onnx"
+        ort_session(model, optimized_path=saved)
+        return op_counts(onnx.load(saved))
 
 
 def run_session(session, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:

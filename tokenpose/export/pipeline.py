@@ -28,13 +28,16 @@ import numpy as np
 
 from tokenpose.export.aoti import aoti_artifact_name, export_aoti
 from tokenpose.export.calibration import CalibrationSet, load_calibration_set
+from tokenpose.export.fusion import FUSIONS, apply_fusions
 from tokenpose.export.onnx import (
+    INT8_KERNELS,
     ExportError,
     check_graph,
     compare_heatmaps,
     export_onnx_model,
     ort_session,
     run_session,
+    runtime_kernels,
     simplify_graph,
     synthetic_inputs,
     verify_against_torch,
@@ -249,10 +252,9 @@ def _export_fp32(model, options: ExportOptions, calib: CalibrationSet | None, pa
         check_graph(proto)
         log(f"simplification: {simplify_info['tool'] or 'none'}: {simplify_info['reason']}")
     session = ort_session(proto)
-    parity = verify_against_torch(
-        model, proto, batches=options.verify_batches, tolerance=options.tolerance, session=session,
-        inputs=None if calib is None else calib.images,
-    )
+    check = {"batches": options.verify_batches, "tolerance": options.tolerance,
+             "inputs": None if calib is None else calib.images}
+    parity = verify_against_torch(model, proto, session=session, **check)
     for row in parity.rows:
         log(f"fp32 ONNX Runtime vs PyTorch, batch {row['batch']}: max |heatmap diff| {row['max_abs']:.2e}, "
             f"keypoints max {row['kpt_max_px']:.3f} px (heatmap), mean {row['kpt_mean_px']:.3f} px")
@@ -260,9 +262,17 @@ def _export_fp32(model, options: ExportOptions, calib: CalibrationSet | None, pa
         raise ExportError(
             f"FP32 ONNX differs from PyTorch by {parity.max_abs:.2e} > {options.tolerance:.0e}; nothing was written"
         )
+    # What OnnxEngine runs on the CPU (the in-memory fusions) must pass the same check, or is not used.
+    fused, counts = apply_fusions(proto)
+    fused_parity = verify_against_torch(model, fused, **check)
+    fusions = list(FUSIONS) if fused_parity.passed and any(counts.values()) else []
+    log(f"onnxruntime CPU fusions {counts}: vs PyTorch max |heatmap diff| {fused_parity.max_abs:.2e}"
+        + ("" if fused_parity.passed else f" > {options.tolerance:.0e}: not used"))
     manifest = Manifest.for_config(
         model.config, artifact=path.name, format="onnx", precision="fp32", **common,
-        verification={"onnxruntime_vs_torch": parity.to_dict(), "simplification": simplify_info},
+        verification={"onnxruntime_vs_torch": parity.to_dict(), "simplification": simplify_info,
+                      "fused_vs_torch": fused_parity.to_dict()},
+        onnxruntime=_runtime_record(fusions, counts),
     )
     artifact = _write_onnx(proto, manifest, path)
     log(f"wrote {path}")
@@ -300,6 +310,7 @@ class _Derived:
     fields: dict
     runtime: str
     note: str = ""
+    fusions: tuple[str, ...] = FUSIONS  # the CPU rewrites OnnxEngine applies (none for GPU models)
 
 
 def _derived_models(proto, options: ExportOptions, calib: CalibrationSet | None,
@@ -320,23 +331,39 @@ def _derived_models(proto, options: ExportOptions, calib: CalibrationSet | None,
         yield _Derived("int8-fp16", "int8", gpu, {
             "calibration": calibration, "int8_base": "fp16", "opset": INT8_FP16_OPSET,
             "higher_precision": {"int8": info, "fp16": fp16_info},
-        }, FP16_CPU_RUNTIME, note)
+        }, FP16_CPU_RUNTIME, note, fusions=())
 
 
 def _write_derived(derived: _Derived, reference: _Reference, cfg: ModelConfig, common: dict, path: Path,
                    log: Callable[[str], None]) -> ExportedArtifact:
     """Check a derived model, compare it with FP32 on the reference inputs, write it and its manifest."""
     check_graph(derived.proto)
-    got = run_session(ort_session(derived.proto), reference.images, batch_size=8)
+    # Compared as OnnxEngine runs it on the CPU: with the fusions its manifest will list.
+    runs, counts = apply_fusions(derived.proto, derived.fusions)
+    got = run_session(ort_session(runs), reference.images, batch_size=8)
     agree = compare_heatmaps(reference.heatmaps, got, cfg, **reference.boxes)
     log(_agreement_line(derived.name, agree, reference.where + derived.note))
+    record = _runtime_record(list(derived.fusions), counts)
+    if derived.name == "int8":
+        kernels = runtime_kernels(runs)
+        record["kernels"] = {op: n for op, n in kernels.items()
+                             if op in INT8_KERNELS or op in ("Conv", "MatMul", "FusedMatMul", "MultiHeadAttention")}
+        log(f"int8 on onnxruntime CPU: {record['kernels']}")
     manifest = Manifest.for_config(
         cfg, artifact=path.name, format="onnx", precision=derived.precision, **{**common, **derived.fields},
         verification={"vs_fp32": {**agree.to_dict(), "inputs": reference.where, "runtime": derived.runtime}},
+        onnxruntime=record,
     )
     artifact = _write_onnx(derived.proto, manifest, path)
     log(f"wrote {path}")
     return artifact
+
+
+def _runtime_record(fusions: list[str], counts: dict[str, int]) -> dict:
+    """The manifest's `onnxruntime` field: how OnnxEngine sets up a CPU session for the artifact."""
+    return {"graph_optimization_level": "all", "fusions": fusions, "fused": counts,
+            "note": "fusions are applied in memory for the CPU provider (tokenpose.export.fusion); "
+                    "the file itself is standard ONNX"}
 
 
 def _engine_decision(engine: bool | None) -> tuple[bool, str | None]:

@@ -9,16 +9,22 @@ and reads the same tensors. ONNX Runtime's CPU provider runs the result: ops wit
 kernel are wrapped in float32 Casts by ONNX Runtime itself, so a CPU check measures the float16
 rounding of weights and activations between ops, not float16 accumulation inside a GPU matmul.
 
-INT8 (`quantize_int8`): ONNX Runtime's `quantize_static` in QDQ format, symmetric int8 activations
-and per-channel symmetric int8 weights (what TensorRT's explicit quantization expects), calibrated
-on real person crops. Conv and weight MatMuls are quantized; the attention matmuls (two activation
-inputs; the softmax output would get only 128 levels over [0, 1]) and the heatmap projection stay
-in float32 by default. That is the CPU INT8 model: its unquantized ops run in float32.
+INT8 (`quantize_int8`): ONNX Runtime's `quantize_static` in QDQ format, calibrated on real person
+crops. The CPU layout pairs uint8 activations (asymmetric, per tensor) with per-channel symmetric
+int8 weights, the pairing x86 VNNI/AMX kernels take (u8 x s8 dot products); Conv outputs are
+quantized too (QLinearConv with the ReLU folded into its output range), MatMul outputs are not,
+so ONNX Runtime fuses each weight MatMul into MatMulIntegerToFloat (int8 in, float32 out, straight
+into GELU, the residual adds and LayerNorm). The attention matmuls (two activation inputs; the
+softmax output would get only 256 levels over [0, 1]) and the heatmap projection stay float32 by
+default, and Softmax/LayerNorm are never quantized. `int8_nodes` lists what runs in INT8.
 
 INT8 on FP16 (`int8_on_fp16`): the GPU INT8 model. A strongly typed TensorRT network computes
 exactly the ONNX types, so the CPU layout would run LayerNorm, Softmax, the attention matmuls and
 the head in FP32 on the GPU. This one takes the same Q/DQ model and puts it on the FP16 base of
-`convert_fp16`: INT8 where quantized, float16 elsewhere, LayerNorm/Softmax in float32.
+`convert_fp16`: INT8 where quantized, float16 elsewhere, LayerNorm/Softmax in float32. TensorRT
+takes only symmetric int8 activations: the CPU model's uint8 activation ranges are rewritten as
+symmetric int8 ones over the same calibrated range (`symmetric_activations`), so one calibration
+serves both.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tokenpose.export.onnx import ExportError
 
 __all__ = [
     "FP16_KEEP_FP32_OPS",
+    "INT8_ACTIVATION_TYPES",
     "INT8_CALIBRATION_METHODS",
     "INT8_FP16_OPSET",
     "Int8Settings",
@@ -43,12 +50,14 @@ __all__ = [
     "convert_fp16",
     "int8_on_fp16",
     "quantize_int8",
+    "symmetric_activations",
 ]
 
 # Ops kept in float32 inside the FP16 model: LayerNorm's mean/variance and softmax's exp/sum
 # overflow or lose the small differences that matter in float16.
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax")
 INT8_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_ACTIVATION_TYPES = ("uint8", "int8")
 # QuantizeLinear/DequantizeLinear take float16 scales from opset 19 on.
 INT8_FP16_OPSET = 19
 
@@ -146,13 +155,17 @@ class Int8Settings:
     """How the INT8 model is calibrated and which nodes stay in float32.
 
     method: "minmax", "percentile" (99.999th, on histograms) or "entropy"; op_types: the ops that
-    get Q/DQ; quantize_attention: also quantize the two activation x activation attention
-    matmuls; quantize_head: also quantize the final heatmap projection; exclude_nodes: more nodes
-    kept in float32; batch_size: crops per calibration batch.
+    get Q/DQ; activations: "uint8" (asymmetric, the x86 kernels' pairing with int8 weights) or
+    "int8" (symmetric); quantize_outputs: op types whose outputs are quantized too (Conv: its
+    output feeds the next Conv as uint8); quantize_attention: also quantize the two activation x
+    activation attention matmuls; quantize_head: also quantize the final heatmap projection;
+    exclude_nodes: more nodes kept in float32; batch_size: crops per calibration batch.
     """
 
     method: str = "minmax"
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    activations: str = "uint8"
+    quantize_outputs: tuple[str, ...] = ("Conv",)
     quantize_attention: bool = False
     quantize_head: bool = False
     exclude_nodes: tuple[str, ...] = ()
@@ -163,6 +176,10 @@ class Int8Settings:
         if self.method not in INT8_CALIBRATION_METHODS:
             raise ValueError(
                 f"INT8 calibration method must be one of {', '.join(INT8_CALIBRATION_METHODS)}, got {self.method!r}"
+            )
+        if self.activations not in INT8_ACTIVATION_TYPES:
+            raise ValueError(
+                f"INT8 activations must be one of {', '.join(INT8_ACTIVATION_TYPES)}, got {self.activations!r}"
             )
 
 
@@ -196,7 +213,14 @@ def _quantize_static(proto, calibration, settings: Int8Settings, excluded: list[
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[settings.method]
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    unsigned = settings.activations == "uint8"
+    extra = {
+        "ActivationSymmetric": not unsigned, "WeightSymmetric": True,
+        "OpTypesToExcludeOutputQuantization": [t for t in settings.op_types if t not in settings.quantize_outputs],
+        # ReLU stays a node (ONNX Runtime still folds it into QLinearConv): the GPU model's symmetric
+        # int8 ranges cannot stand in for it as an asymmetric uint8 range does.
+        "QDQKeepRemovableActivations": True,
+    }
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
     ort_logger = logging.getLogger("onnxruntime.quantization")
@@ -212,7 +236,7 @@ def _quantize_static(proto, calibration, settings: Int8Settings, excluded: list[
                 warnings.simplefilter("ignore")
                 quantize_static(
                     str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=list(settings.op_types), nodes_to_exclude=excluded,
                     calibrate_method=method, extra_options=extra,
                 )
@@ -252,9 +276,12 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
             "batch_size": settings.batch_size,
             "tool": _tool_version("onnxruntime") + " quantize_static",
         },
-        "scheme": "QDQ, int8 symmetric activations (per tensor), int8 symmetric weights (per channel)",
+        "scheme": (f"QDQ, {'uint8 asymmetric' if settings.activations == 'uint8' else 'int8 symmetric'} "
+                   "activations (per tensor), int8 symmetric weights (per channel)"),
         "quantized_op_types": list(settings.op_types),
+        "quantized_outputs": [t for t in settings.op_types if t in settings.quantize_outputs],
         "num_quantized_nodes": len(quantized),
+        "int8_nodes": quantized,
         "qdq_nodes": _qdq_counts(out),
         "fp32_nodes": sorted(set(excluded)),
         "fp32_reason": {
@@ -275,6 +302,36 @@ def _qdq_counts(proto) -> dict[str, int]:
     return counts
 
 
+def symmetric_activations(proto):
+    """Copy of a Q/DQ model whose uint8 activation Q/DQ pairs become symmetric int8 over the same range.
+
+    A uint8 pair (scale s, zero point z) covers [-z s, (255 - z) s]; the int8 pair gets zero point 0
+    and scale max(z, 255 - z) s / 127, so the calibrated range is kept (TensorRT's explicit
+    quantization takes only symmetric int8). Weight (initializer) Q/DQ and int8 pairs are unchanged.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    inits = {i.name: i for i in proto.graph.initializer}
+    done: set[str] = set()
+    for n in proto.graph.node:
+        if (n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3
+                or n.input[1] in done or n.input[2] in done):
+            continue
+        zp = inits.get(n.input[2])
+        if zp is None or zp.data_type != onnx.TensorProto.UINT8 or n.input[1] not in inits:
+            continue
+        z = numpy_helper.to_array(zp).astype(np.float64)
+        scale = numpy_helper.to_array(inits[n.input[1]])
+        new_scale = (np.maximum(z, 255.0 - z) * scale / 127.0).astype(scale.dtype)
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(new_scale, n.input[1]))
+        zp.CopyFrom(numpy_helper.from_array(np.zeros(z.shape, np.int8), n.input[2]))
+        done.update(n.input[1:3])
+    return proto
+
+
 def int8_on_fp16(
     int8_proto,
     *,
@@ -293,6 +350,7 @@ def int8_on_fp16(
     import onnx
     from onnx import version_converter
 
+    int8_proto = symmetric_activations(int8_proto)
     opset = max(o.version for o in int8_proto.opset_import if o.domain in ("", "ai.onnx"))
     if opset < INT8_FP16_OPSET:
         try:

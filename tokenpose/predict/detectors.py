@@ -187,7 +187,11 @@ class OnnxDetector:
         self.input_hw = spec.size or (hw if None not in hw else None)
         if self.input_hw is None:
             raise TokenPoseError(f"detector {path} has a dynamic input size ({graph}); pass --detector-size")
+        if any(fixed is not None and fixed != given for fixed, given in zip(hw, self.input_hw)):
+            raise TokenPoseError(f"detector {path}: --detector-size {self.input_hw[1]}x{self.input_hw[0]} does not "
+                                 f"fit the graph's fixed input ({graph})")
         self.fixed_batch = _static(inp.shape[0])
+        self.batch_frames = spec.max_batch  # frames a predict run queues for one detect() call
         self.num_classes = self._num_classes()
         if self.num_classes is not None and not 0 <= spec.person_class < self.num_classes:
             raise TokenPoseError(f"detector {path} ({self.format}) has {self.num_classes} classes: --detector-class "

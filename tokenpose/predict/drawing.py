@@ -47,6 +47,15 @@ def skeleton_for(num_joints: int) -> tuple[tuple[tuple[int, int], ...], set[int]
     raise ValueError(f"no skeleton for {num_joints} joints (expected 17 for COCO or 16 for MPII)")
 
 
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    """A BGR colour of its own for each track id (hues a golden angle apart), grey for no track (< 0)."""
+    if track_id < 0:
+        return (200, 200, 200)
+    hue = int((track_id * 0.618033988749895 % 1.0) * 180)
+    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    return int(bgr[0]), int(bgr[1]), int(bgr[2])
+
+
 def draw_poses(
     image_bgr: np.ndarray,
     keypoints: np.ndarray,
@@ -55,12 +64,14 @@ def draw_poses(
     boxes: np.ndarray | None = None,
     keypoint_threshold: float = 0.3,
     skeleton: Sequence[tuple[int, int]] | None = None,
+    track_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """A copy of `image_bgr` (H, W, 3) uint8 with every pose drawn.
 
     keypoints: (N, J, 2) image pixels; scores: (N, J) joint confidences (joints and links below
     `keypoint_threshold` are not drawn); boxes: optional (N, 4) xywh drawn as thin rectangles.
-    Line width and dot size scale with the image size.
+    track_ids: optional (N,) ids: each person's box, links and "#id" label take its id's colour
+    (`track_colour`); joints keep the left/right colours. Line width and dot size scale with the image size.
     """
     out = image_bgr.copy()
     # OpenCV takes int32 points; far-off points (a bad box) would overflow it. Clipped well
@@ -75,15 +86,20 @@ def draw_poses(
     thick = max(1, round(max(out.shape[:2]) / 400))
     radius = thick + 2
     for n in range(keypoints.shape[0]):
+        colour = None if track_ids is None else track_colour(int(track_ids[n]))
         if boxes is not None:
             x, y, w, h = (int(round(v)) for v in boxes[n])
-            cv2.rectangle(out, (x, y), (x + w, y + h), (200, 200, 200), 1, cv2.LINE_AA)
+            cv2.rectangle(out, (x, y), (x + w, y + h), colour or (200, 200, 200), 1 if colour is None else thick,
+                          cv2.LINE_AA)
+            if colour is not None and track_ids[n] >= 0:
+                cv2.putText(out, f"#{int(track_ids[n])}", (x + 2, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.4 * (thick + 1), colour, thick, cv2.LINE_AA)
         pts = keypoints[n]
         ok = (scores[n] >= keypoint_threshold) & np.isfinite(pts).all(axis=1)
         for a, b in links:
             if ok[a] and ok[b]:
                 pa, pb = tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b])
-                cv2.line(out, pa, pb, _link_colour(a, b, left, right, face), thick + 1, cv2.LINE_AA)
+                cv2.line(out, pa, pb, colour or _link_colour(a, b, left, right, face), thick + 1, cv2.LINE_AA)
         for j in np.flatnonzero(ok):
             centre = tuple(int(round(v)) for v in pts[j])
             cv2.circle(out, centre, radius, _joint_colour(int(j), left, right, face), -1, cv2.LINE_AA)
@@ -95,12 +111,15 @@ def draw_results(
 ) -> np.ndarray:
     """A copy of `image_bgr` with the people of its COCO keypoint results drawn (see `draw_poses`).
 
-    results: dicts with "keypoints" ([x, y, score] * J, pixels), "bbox" (x, y, w, h) and "score"
-    (the person score; people below `person_threshold` are not drawn).
+    results: dicts with "keypoints" ([x, y, score] * J, pixels), "bbox" (x, y, w, h), "score"
+    (the person score; people below `person_threshold` are not drawn) and, from a tracked run,
+    "track_id" (each id in its own colour).
     """
     people = [r for r in results if r["score"] >= person_threshold]
     if not people:
         return image_bgr.copy()
     kpts = np.array([r["keypoints"] for r in people], dtype=np.float64).reshape(len(people), -1, 3)
     boxes = np.array([r["bbox"] for r in people], dtype=np.float64)
-    return draw_poses(image_bgr, kpts[..., :2], kpts[..., 2], boxes=boxes, keypoint_threshold=keypoint_threshold)
+    ids = [r["track_id"] for r in people] if all("track_id" in r for r in people) else None
+    return draw_poses(image_bgr, kpts[..., :2], kpts[..., 2], boxes=boxes, keypoint_threshold=keypoint_threshold,
+                      track_ids=ids)

@@ -12,10 +12,12 @@ done there. Warnings go to `warn` (default: `warnings.warn`), one line each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from tokenpose.engines.predictor import PosePrediction, PosePredictor
 from tokenpose.errors import TokenPoseError
 from tokenpose.files import ensure_writable_dir, remove_stale_temp_files
 from tokenpose.predict.boxes import BoxSource, screen_boxes
-from tokenpose.predict.detector import HOG_MISSING, HogPersonDetector, detect_people, hog_available
+from tokenpose.predict.detector import HOG_MISSING, HogPersonDetector, hog_available
 from tokenpose.predict.drawing import draw_results
 from tokenpose.predict.sinks import (
     PREDICT_TEMP_PATTERNS,
@@ -34,9 +36,17 @@ from tokenpose.predict.sinks import (
     video_writer,
 )
 from tokenpose.predict.sources import VideoFrames, image_files, is_glob, is_video, truncation_problem
+from tokenpose.predict.tracking import NO_TRACK, FrameSequence, TrackOptions
 
 Warn = Callable[[str], None]
 Sink = Callable[[str, np.ndarray], None]
+
+
+class Detector(Protocol):
+    """What finds people without a boxes file: OnnxDetector, HogPersonDetector."""
+
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """BGR uint8 (H, W, 3) images -> per image (N, 5) x, y, w, h, score rows in its pixels."""
 _SAME_ID = object()  # Run.add: match image_id-keyed detections with the frame's own image_id
 
 
@@ -48,16 +58,17 @@ def _no_sink(_name: str, _image: np.ndarray) -> None:
     """Where frames go with drawing off."""
 
 
-def frame_boxes(box_source: BoxSource | None, detector: HogPersonDetector | None, name: str, box_id: int | None,
+def frame_boxes(box_source: BoxSource | None, detector: Detector | None, name: str, box_id: int | None,
                 image: np.ndarray, warn: Warn) -> tuple[np.ndarray, np.ndarray, bool]:
     """The person boxes of one frame: (M, 4) x, y, w, h pixels, (M,) scores, and whether the boxes
-    file lists the frame at all (always True with the detector). Boxes from a file are screened
-    (`screen_boxes`, one warning per frame); the detector's are usable by construction."""
+    file lists the frame at all (always True with a detector). Without a boxes file they come from
+    `detector` (an ONNX detector, or the HOG detector when None). Boxes from a file are screened
+    (`screen_boxes`, one warning per frame); a detector's are usable by construction."""
     if box_source is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the missing-HOG warning is given once, by the caller
-            boxes, scores = detect_people(image, detector)
-        return boxes, scores, True
+            (rows,) = (detector or HogPersonDetector()).detect([image])
+        return rows[:, :4], rows[:, 4], True
     boxes, scores = box_source.boxes(name, box_id)
     listed = len(boxes) > 0
     boxes, scores = screen_boxes(boxes, scores, image.shape[:2], name, warn)
@@ -72,30 +83,55 @@ def coco_results(prediction: PosePrediction, image_id: int, name: str) -> list[d
     return results
 
 
+@dataclass
+class _Frame:
+    """A queued frame: boxes None until detected; ids: its boxes' track ids; done: results of an
+    earlier run (the frame is only drawn); index: its place in the sequence (time = index / fps)."""
+
+    name: str
+    image_id: int
+    image: np.ndarray
+    index: int
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    done: list[dict] | None = None
+
+
 class Run:
     """Gathers frames until a batch of boxes (or of frames) is full, predicts, draws, records.
 
-    boxes: person boxes from a file, or None for the HOG detector; out: the folder whose results
-    log records each batch (`log`, default a fresh `ResultsLog(out)`); keypoint_threshold /
-    person_threshold: what is drawn; draw: whether frames go to the sink at all.
+    boxes: person boxes from a file, or None for `detector` (an ONNX detector; None: the HOG
+    detector); out: the folder whose results log records each batch (`log`, default a fresh
+    `ResultsLog(out)`); keypoint_threshold / person_threshold: what is drawn; draw: whether frames go
+    to the sink at all; sequence: track ids, --det-every and smoothing over the frames, in order.
+    An ONNX detector sees the queued frames in one batch when the batch is predicted.
     """
 
     def __init__(self, predictor: PosePredictor, boxes: BoxSource | None, out: Path, keypoint_threshold: float,
-                 person_threshold: float, draw: bool, *, log: ResultsLog | None = None, warn: Warn = _warn) -> None:
+                 person_threshold: float, draw: bool, *, log: ResultsLog | None = None, warn: Warn = _warn,
+                 detector: Detector | None = None, sequence: FrameSequence | None = None) -> None:
         self.predictor = predictor
         self.box_source = boxes
-        self.detector = HogPersonDetector() if boxes is None else None
+        self.detector = None if boxes is not None else detector or HogPersonDetector()
         self.warn = warn
-        if boxes is None and not hog_available():
+        if boxes is None and detector is None and not hog_available():
             warn(HOG_MISSING)
         self.log = log if log is not None else ResultsLog(out)
         self.kpt_thr = keypoint_threshold
         self.person_thr = person_threshold
         self.draw = draw
-        # (name, image_id, image, boxes, scores, results: None until predicted)
-        self.pending: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray, list[dict] | None]] = []
+        self.sequence = sequence
+        # Frames wait for a batched detection; a frame whose boxes come from the last frame's
+        # keypoints waits for nothing, so the queue then holds one frame.
+        self.batch_frames = getattr(self.detector, "batch_frames", 0)
+        if sequence is not None and sequence.options.det_every > 1:
+            self.batch_frames = 1
+        self.pending: list[_Frame] = []
         self.pending_boxes = 0
         self.no_boxes = 0
+        self.frames = 0
+        self.tracks: set[int] = set()
 
     @property
     def results(self) -> list[dict]:
@@ -110,15 +146,22 @@ class Run:
         default: image_id). done: the frame's results from an earlier run (it is only drawn).
         A frame without boxes and nothing queued before it is handled at once.
         """
-        boxes, scores = np.zeros((0, 4)), np.zeros(0)
+        frame = _Frame(name, image_id, image, self.frames, done=done)
+        self.frames += 1
         if done is None:
-            boxes, scores = self._boxes(name, image_id if box_id is _SAME_ID else box_id, image)
-        self.pending.append((name, image_id, image, boxes, scores, done))
-        self.pending_boxes += len(boxes)
+            carried = self.sequence.carried_boxes() if self.sequence is not None else None
+            if carried is not None:
+                frame.boxes, frame.scores = carried
+            elif not self.batch_frames:
+                frame.boxes, frame.scores = self._boxes(name, image_id if box_id is _SAME_ID else box_id, image)
+        self.pending.append(frame)
+        found = 0 if frame.boxes is None else len(frame.boxes)
+        self.pending_boxes += found
         # Bounded memory: the queue holds at most batch_size boxes and batch_size frames (a frame
         # without boxes still waits its turn, so that drawn frames keep their order).
         limit = self.predictor.batch_size
-        if self.pending_boxes >= limit or len(self.pending) >= limit or (len(boxes) == 0 and len(self.pending) == 1):
+        if (self.pending_boxes >= limit or len(self.pending) >= (self.batch_frames or limit)
+                or (frame.boxes is not None and found == 0 and len(self.pending) == 1)):
             self.flush(sink)
 
     def _boxes(self, name: str, box_id: int | None, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,28 +169,51 @@ class Run:
         self.no_boxes += not listed
         return boxes, scores
 
+    def _prepare(self, todo: list[_Frame]) -> None:
+        """Detect the frames still without boxes in one call, then give their boxes track ids, in order."""
+        waiting = [f for f in todo if f.boxes is None]
+        for frame, rows in zip(waiting, self.detector.detect([f.image for f in waiting]) if waiting else []):
+            frame.boxes, frame.scores = rows[:, :4], rows[:, 4]
+        if self.sequence is not None:
+            for frame in todo:
+                frame.ids = self.sequence.assign_ids(frame.boxes, frame.scores)
+
+    def _results(self, frame: _Frame, prediction: PosePrediction) -> list[dict]:
+        """The frame's COCO results; with tracking each person carries its "track_id"."""
+        if self.sequence is None:
+            return coco_results(prediction, frame.image_id, frame.name)
+        ids, keypoints = self.sequence.after_pose(frame.index, frame.ids, prediction)
+        results = coco_results(dataclasses.replace(prediction, keypoints=keypoints), frame.image_id, frame.name)
+        if self.sequence.options.tracking:
+            for r, track in zip(results, ids.tolist()):
+                r["track_id"] = int(track)
+                self.tracks.add(int(track))
+        return results
+
     def flush(self, sink: Sink) -> None:
         """Predict the queued frames in one batch, draw them into `sink`, record their results."""
         if not self.pending:
             return
-        todo = [p for p in self.pending if p[5] is None]
+        todo = [f for f in self.pending if f.done is None]
         preds = []
         if todo:  # a batch of resumed frames only is just drawn
+            self._prepare(todo)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                preds = self.predictor.predict([p[2] for p in todo], [p[3] for p in todo], [p[4] for p in todo])
+                preds = self.predictor.predict([f.image for f in todo], [f.boxes for f in todo],
+                                               [f.scores for f in todo])
             for w in caught:
                 self.warn(str(w.message))
         predicted = iter(preds)
         finished = []
-        for name, image_id, image, _boxes, _scores, done in self.pending:
-            results = done
+        for frame in self.pending:
+            results = frame.done
             if results is None:
-                results = coco_results(next(predicted), image_id, name)
-                finished.append((name, results))
+                results = self._results(frame, next(predicted))
+                finished.append((frame.name, results))
             if self.draw:
-                sink(name, draw_results(image, results, keypoint_threshold=self.kpt_thr,
-                                        person_threshold=self.person_thr))
+                sink(frame.name, draw_results(frame.image, results, keypoint_threshold=self.kpt_thr,
+                                              person_threshold=self.person_thr))
         self.pending.clear()
         self.pending_boxes = 0
         if finished:
@@ -159,7 +225,8 @@ class PredictSummary:
     """What a run did. frames: frames with results (resumed ones included); kind: "images" or
     "frames"; people: people in the results; skipped / truncated: one line per unreadable /
     cut-short image; no_boxes: frames without a box in the boxes file; resumed: frames taken from
-    an earlier run; results: the results.json written."""
+    an earlier run; results: the results.json written; tracks: distinct track ids given (--track);
+    detector_frames: frames that went to the detector (the others took boxes from keypoints)."""
 
     frames: int
     kind: str
@@ -169,6 +236,8 @@ class PredictSummary:
     truncated: list[str] = field(default_factory=list)
     no_boxes: int = 0
     resumed: int = 0
+    tracks: int = 0
+    detector_frames: int | None = None
 
 
 class PredictJob:
@@ -176,10 +245,14 @@ class PredictJob:
 
     Construction checks the input and the output folder, removes temp files a killed run left
     there; `run` needs only the predictor. resume: skip the frames already in `out`'s results.
+    detector: finds people when `boxes` is None (`tokenpose.predict.detectors.load_detector`; None:
+    the HOG detector); tracking: track ids, --det-every and smoothing (frames in order; a video's
+    frame rate replaces `tracking.fps`).
     """
 
     def __init__(self, source: Path, out: Path, *, boxes: BoxSource | None = None, draw: bool = True,
-                 keypoint_threshold: float = 0.3, person_threshold: float = 0.0, resume: bool = False) -> None:
+                 keypoint_threshold: float = 0.3, person_threshold: float = 0.0, resume: bool = False,
+                 detector: Detector | None = None, tracking: TrackOptions | None = None) -> None:
         source, out = Path(source), Path(out)
         if is_glob(source):
             image_files(source)  # a pattern that matches no image is an error now, not after loading
@@ -189,6 +262,10 @@ class PredictJob:
         ensure_writable_dir(out)
         remove_stale_temp_files(out, PREDICT_TEMP_PATTERNS)
         self.source, self.out, self.boxes, self.draw, self.resume = source, out, boxes, draw, resume
+        self.detector = detector
+        if tracking is not None and tracking.det_every > 1 and boxes is not None:
+            raise TokenPoseError("--det-every takes boxes from a detector (--detector or the HOG one), not from --boxes")
+        self.tracking = tracking if tracking is not None and tracking.active else None
         self.is_video = is_video(source)
         self.thresholds = (keypoint_threshold, person_threshold)
 
@@ -200,7 +277,8 @@ class PredictJob:
             warn(note)
         log = ResultsLog(self.out, resume=self.resume)
         resumed = len(log.items)
-        run = Run(predictor, self.boxes, self.out, *self.thresholds, self.draw, log=log, warn=warn)
+        run = Run(predictor, self.boxes, self.out, *self.thresholds, self.draw, log=log, warn=warn,
+                  detector=self.detector, sequence=self._sequence(log))
         progress = progress or (lambda done, total: None)
         skipped: list[str] = []
         truncated: list[str] = []
@@ -216,7 +294,21 @@ class PredictJob:
         return PredictSummary(
             frames=sum(name in log.items for name in order), kind=kind, people=len(log.results(order)),
             results=log.write(order), skipped=skipped, truncated=truncated, no_boxes=run.no_boxes, resumed=resumed,
+            tracks=len(run.tracks - {NO_TRACK}),
+            detector_frames=None if run.sequence is None else run.sequence.detections,
         )
+
+    def _sequence(self, log: ResultsLog) -> FrameSequence | None:
+        """The frame-to-frame state, track ids continuing above those `log` already holds."""
+        if self.tracking is None:
+            return None
+        options = self.tracking
+        if self.is_video:
+            frames = VideoFrames(self.source)
+            frames.capture.release()
+            options = dataclasses.replace(options, fps=frames.fps)
+        recorded = [r.get("track_id", 0) for r in log.results()]
+        return FrameSequence(options, first_id=1 + max(recorded, default=0))
 
     def _video(self, run: Run, progress: Callable[[int, int], None]) -> list[str]:
         """Every frame in order; frames done before are drawn from their recorded results."""

@@ -24,6 +24,7 @@ from typing import Any
 from tokenpose.engines.base import load_engine
 from tokenpose.engines.predictor import PosePredictor
 from tokenpose.errors import TokenPoseError
+from tokenpose.predict.detectors import DetectorSpec
 from tokenpose.serving.protocol import (
     Limits,
     PoseRequest,
@@ -57,6 +58,7 @@ class ServeOptions:
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 1.0  # only with device "cuda"
     limits: Limits = field(default_factory=Limits)
+    detector: DetectorSpec | None = None  # finds the people of requests without boxes (None: they get a 400)
 
     def check(self) -> None:
         if self.replicas < 1:
@@ -90,7 +92,7 @@ class PoseService:
     """The deployment's body (wrapped by `serve.deployment` in `serve_forever`)."""
 
     def __init__(self, engine: str, device: str | None, flip: bool, max_batch: int, batch_wait_ms: float,
-                 limits: Limits) -> None:
+                 limits: Limits, detector: DetectorSpec | None = None) -> None:
         from ray import serve
         from ray.serve.metrics import Counter, Histogram
 
@@ -98,6 +100,7 @@ class PoseService:
         self.engine = load_engine(path, **({"device": device} if device else {}))
         self.predictor = PosePredictor(self.engine, flip_test=flip, batch_size=max_batch)
         self.limits = limits
+        self.detector = detector.load() if detector is not None else None
         self.info = model_info(self.engine, path)
         self.manifest = _manifest_dict(self.engine)
         self._batched = serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000.0)(
@@ -110,16 +113,20 @@ class PoseService:
                                boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
 
     def _predict(self, items: list[PoseRequest]) -> list:
+        """The requests without boxes go to the detector in one batch, then every crop to the engine."""
+        waiting = [it for it in items if it.boxes is None]
+        for item, rows in zip(waiting, self.detector.detect([it.image for it in waiting]) if waiting else []):
+            item.boxes = rows
         return self.predictor.predict([it.image for it in items], [it.boxes[:, :4] for it in items],
                                       box_scores=[it.boxes[:, 4] for it in items])
 
     async def _run_batch(self, items: list[PoseRequest]) -> list[dict[str, Any] | Exception]:
         """One batched call for up to max_batch requests; an engine failure fails each of them."""
-        crops = sum(len(it.boxes) for it in items)
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(None, self._predict, items)
         except Exception as exc:  # noqa: BLE001 - reported per request as a 500 with one line
             return [exc] * len(items)
+        crops = sum(len(it.boxes) for it in items)
         self.crops.observe(crops)
         calls = -(-crops // self.predictor.batch_size) if crops else 0
         batch = {"requests": len(items), "crops": crops, "engine_calls": calls}
@@ -143,20 +150,21 @@ class PoseService:
 
         raw = await self._read_body(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        optional = self.detector is not None
         if kind != "multipart/form-data":
-            return parse_json_request(raw, self.limits)
+            return parse_json_request(raw, self.limits, boxes_optional=optional)
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": raw, "more_body": False}
 
         form = await Request(request.scope, receive).form()
         image, boxes = form.get("image"), form.get("boxes")
-        if image is None or boxes is None:
+        if image is None or (boxes is None and not optional):
             raise RequestError(400, "multipart request needs an 'image' file part and a 'boxes' JSON part")
         data = await image.read() if hasattr(image, "read") else str(image).encode()
         if hasattr(boxes, "read"):
             boxes = await boxes.read()
-        return PoseRequest(decode_image(data, self.limits), parse_boxes(boxes, self.limits))
+        return PoseRequest(decode_image(data, self.limits), None if boxes is None else parse_boxes(boxes, self.limits))
 
     async def _pose(self, request) -> tuple[int, dict[str, Any]]:
         try:
@@ -201,7 +209,7 @@ def _deployment(options: ServeOptions):
         max_ongoing_requests=max(2 * options.max_batch, 8),
     )
     return deployment.bind(str(options.engine.resolve()), options.device, options.flip, options.max_batch,
-                           options.batch_wait_ms, options.limits)
+                           options.batch_wait_ms, options.limits, options.detector)
 
 
 def start(options: ServeOptions, after_ray_init: Callable[[], None] = lambda: None) -> Callable[[], None]:
@@ -246,6 +254,8 @@ def serve_forever(options: ServeOptions, ready: Callable[[str], None] = print) -
     engine = load_engine(options.engine, **({"device": options.device} if options.device else {}))
     PosePredictor(engine, batch_size=options.max_batch)  # the engine's batch limits fit --max-batch
     del engine
+    if options.detector is not None:
+        options.detector.load()  # a bad detector fails here, in one line, not in every replica
     stop_requested = threading.Event()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 

@@ -60,7 +60,8 @@ class _Loader:
 
     def __init__(self, job: PredictJob) -> None:
         self.boxes = job.boxes
-        self.detector = HogPersonDetector() if job.boxes is None else None
+        # job.detector, an ONNX detector, travels as its spec and loads once per read actor
+        self.detector = (job.detector or HogPersonDetector()) if job.boxes is None else None
 
     def _frame(self, name: str, image_id: int, box_id: int | None, image: np.ndarray, done: str) -> dict[str, Any]:
         notes: list[str] = []
@@ -191,7 +192,9 @@ def run_on_ray(job: PredictJob, options: RayOptions, *, warn: Warn,
     PosePredictor(options.open_engine(), batch_size=options.batch)  # a bad engine or batch fails before Ray starts
     for note in job.boxes.notes if job.boxes is not None else []:
         warn(note)
-    if job.boxes is None and not hog_available():
+    if job.tracking is not None:
+        raise TokenPoseError("--track, --det-every and --smooth follow frames in order: not with --ray")
+    if job.boxes is None and job.detector is None and not hog_available():
         warn(HOG_MISSING)
     log = ResultsLog(job.out, resume=job.resume)
     resumed = len(log.items)

@@ -52,10 +52,11 @@ class Limits:
 
 @dataclass
 class PoseRequest:
-    """A parsed request: image (H, W, 3) BGR uint8 and boxes (N, 5) x, y, w, h, score."""
+    """A parsed request: image (H, W, 3) BGR uint8 and boxes (N, 5) x, y, w, h, score (None: the
+    request has none, for the server's detector to find)."""
 
     image: np.ndarray
-    boxes: np.ndarray
+    boxes: np.ndarray | None
 
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
@@ -100,8 +101,9 @@ def _field(body: dict, name: str) -> Any:
     return body[name]
 
 
-def parse_json_request(raw: bytes, limits: Limits) -> PoseRequest:
-    """A JSON body `{"image": base64, "boxes": [...]}` -> PoseRequest."""
+def parse_json_request(raw: bytes, limits: Limits, boxes_optional: bool = False) -> PoseRequest:
+    """A JSON body `{"image": base64, "boxes": [...]}` -> PoseRequest; with `boxes_optional` (a server
+    with a detector) a body without "boxes" gives boxes None."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,6 +117,8 @@ def parse_json_request(raw: bytes, limits: Limits) -> PoseRequest:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(400, f"image is not valid base64: {exc}") from None
+    if boxes_optional and body.get("boxes") is None:
+        return PoseRequest(decode_image(data, limits), None)
     return PoseRequest(decode_image(data, limits), parse_boxes(_field(body, "boxes"), limits))
 
 

@@ -1,0 +1,195 @@
+"""Graph rewrites for ONNX Runtime's CPU provider, applied when a CPU session is created.
+
+The exported artifacts stay standard ONNX (TensorRT, Triton and other runtimes read the same file);
+these rewrites run in memory on the way into an ONNX Runtime CPU session (`OnnxEngine`), and the
+manifest records which ones an artifact was verified with (`onnxruntime` field).
+
+* `fuse_attention`: each self-attention block as exported (qkv Linear -> Reshape (B, S, 3, heads,
+  head_dim) -> Transpose -> Gather q/k/v -> scalar Muls -> MatMul -> Softmax -> MatMul -> Transpose
+  -> Reshape (B, S, dim)), in either form the exporter writes (scale on q only, or sqrt(scale) on q
+  and on k^T as `scaled_dot_product_attention` exports), becomes Split + `com.microsoft`
+  `MultiHeadAttention` with the same scale. ONNX Runtime's CPU kernel computes it in tiles, never
+  storing the (B, heads, S, S) probabilities: for S-v2 (S = 785) those are 19.7 MB per image and
+  layer, the reason per-image throughput fell with the batch size. Softmax stays float32.
+
+ONNX Runtime's own level-2 fusions (GELU, LayerNorm, MatMul + Add, Q/DQ into QLinearConv /
+QLinearMatMul / MatMulIntegerToFloat) still run when the session is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FUSIONS", "apply_fusions", "fuse_attention"]
+
+FUSIONS = ("attention",)
+_MS_DOMAIN = "com.microsoft"
+
+
+class _Graph:
+    """Producer/consumer maps and constant values of one `onnx.GraphProto`."""
+
+    def __init__(self, graph, nodes: list) -> None:
+        from onnx import numpy_helper
+
+        self.producer = {o: n for n in nodes for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.outputs = {o.name for o in graph.output}
+        self.const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        for n in nodes:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.const[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def only_consumer(self, tensor: str):
+        """The single node reading `tensor`, or None when it has several readers or is a graph output."""
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in self.outputs else None
+
+    def scalar(self, name: str) -> float | None:
+        value = self.const.get(name)
+        return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+@dataclass
+class _Attention:
+    qkv: str  # (B, S, 3 * dim) tensor the block starts from
+    out: str  # (B, S, dim) tensor it ends in
+    heads: int
+    head_dim: int
+    scale: float
+    nodes: list  # every node the fused op replaces
+
+
+def _strip_scalar_muls(g: _Graph, tensor: str, nodes: list) -> tuple[str, float]:
+    """Walk up through Mul/Div by a scalar constant: (the unscaled tensor, the product of the scales)."""
+    scale = 1.0
+    node = g.producer.get(tensor)
+    while node is not None and node.op_type in ("Mul", "Div") and g.only_consumer(node.output[0]) is not None:
+        consts = [g.scalar(i) for i in node.input]
+        if consts[1] is not None:
+            value, tensor = consts[1], node.input[0]
+        elif consts[0] is not None and node.op_type == "Mul":
+            value, tensor = consts[0], node.input[1]
+        else:
+            break
+        scale = scale / value if node.op_type == "Div" else scale * value
+        nodes.append(node)
+        node = g.producer.get(tensor)
+    return tensor, scale
+
+
+def _split_source(g: _Graph, tensor: str, index: int):
+    """The Transpose (perm 2,0,3,1,4) whose `index`-th slice (Gather axis 0) `tensor` is, or None."""
+    gather = g.producer.get(tensor)
+    if gather is None or gather.op_type != "Gather" or _attr(gather, "axis", 0) != 0:
+        return None
+    idx = g.const.get(gather.input[1])
+    if idx is None or idx.size != 1 or int(idx.reshape(())) != index:
+        return None
+    transpose = g.producer.get(gather.input[0])
+    if transpose is None or transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [2, 0, 3, 1, 4]:
+        return None
+    return gather, transpose
+
+
+def _match_attention(g: _Graph, softmax) -> _Attention | None:
+    """The attention block around `softmax`, or None when the pattern differs anywhere."""
+    if _attr(softmax, "axis", -1) not in (-1, 3):
+        return None
+    nodes = [softmax]
+    logits, scale = _strip_scalar_muls(g, softmax.input[0], nodes)
+    qk = g.producer.get(logits)
+    pv = g.only_consumer(softmax.output[0])
+    if qk is None or qk.op_type != "MatMul" or pv is None or pv.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
+        return None
+    q, q_scale = _strip_scalar_muls(g, qk.input[0], nodes)
+    kt, k_scale = _strip_scalar_muls(g, qk.input[1], nodes)
+    k_transpose = g.producer.get(kt)
+    if k_transpose is None or k_transpose.op_type != "Transpose" or list(_attr(k_transpose, "perm", [])) != [0, 1, 3, 2]:
+        return None
+    sources = [_split_source(g, t, i) for i, t in enumerate((q, k_transpose.input[0], pv.input[1]))]
+    if any(s is None for s in sources) or len({id(s[1]) for s in sources}) != 1:
+        return None
+    transpose = sources[0][1]
+    reshape = g.producer.get(transpose.input[0])
+    shape = None if reshape is None or reshape.op_type != "Reshape" else g.const.get(reshape.input[1])
+    if shape is None or shape.shape != (5,) or int(shape[2]) != 3:
+        return None
+    out_t = g.only_consumer(pv.output[0])
+    out_r = None if out_t is None else g.only_consumer(out_t.output[0])
+    if (out_t is None or out_t.op_type != "Transpose" or list(_attr(out_t, "perm", [])) != [0, 2, 1, 3]
+            or out_r is None or out_r.op_type != "Reshape"):
+        return None
+    if len(g.consumers.get(transpose.output[0], [])) != 3 or g.only_consumer(reshape.output[0]) is None:
+        return None
+    nodes += [qk, k_transpose, pv, out_t, out_r, reshape, transpose] + [s[0] for s in sources]
+    return _Attention(reshape.input[0], out_r.output[0], int(shape[3]), int(shape[4]),
+                      scale * q_scale * k_scale, nodes)
+
+
+def fuse_attention(proto) -> tuple[object, int]:
+    """Copy of `proto` with every matching attention block as `com.microsoft.MultiHeadAttention`.
+
+    Returns (model, number of blocks fused); blocks that do not match the pattern exactly are left
+    as they are. The scale is the product of every scalar Mul/Div on q, k^T and the logits.
+    """
+    import onnx
+    from onnx import helper
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph = proto.graph
+    # One list of node objects throughout: protobuf may hand out a new wrapper per access.
+    nodes = list(graph.node)
+    g = _Graph(graph, nodes)
+    blocks = [b for b in (_match_attention(g, n) for n in nodes if n.op_type == "Softmax") if b is not None]
+    if not blocks:
+        return proto, 0
+    position = {id(n): i for i, n in enumerate(nodes)}
+    removed = {id(n) for b in blocks for n in b.nodes}
+    inserted: dict[int, list] = {}
+    for k, b in enumerate(blocks):
+        prefix = f"/fused_attention_{k}"
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([b.heads * b.head_dim] * 3, np.int64),
+                                                              f"{prefix}/split_sizes"))
+        q, kk, v = (f"{prefix}/{x}" for x in "qkv")
+        # Every replaced node reads qkv directly or indirectly: the first one's place has it computed.
+        inserted[min(position[id(n)] for n in b.nodes)] = [
+            helper.make_node("Split", [b.qkv, f"{prefix}/split_sizes"], [q, kk, v], name=f"{prefix}/Split", axis=-1),
+            helper.make_node("MultiHeadAttention", [q, kk, v], [b.out], name=f"{prefix}/MultiHeadAttention",
+                             domain=_MS_DOMAIN, num_heads=b.heads, scale=float(b.scale)),
+        ]
+    kept = []
+    for i, n in enumerate(nodes):
+        kept += inserted.get(i, [])
+        if id(n) not in removed:
+            kept.append(onnx.NodeProto.FromString(n.SerializeToString()))
+    del graph.node[:]
+    graph.node.extend(kept)
+    if not any(o.domain == _MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
+    return proto, len(blocks)
+
+
+def apply_fusions(proto, fusions: tuple[str, ...] | list[str] = FUSIONS) -> tuple[object, dict[str, int]]:
+    """Apply the named rewrites (a subset of `FUSIONS`) in order: (model, {fusion: count})."""
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown:
+        raise ValueError(f"unknown graph fusion(s) {', '.join(map(repr, unknown))}; known: {', '.join(FUSIONS)}")
+    counts = {}
+    for name in fusions:
+        proto, counts[name] = {"attention": fuse_attention}[name](proto)
+    return proto, counts
