@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tokenpose.engines.cpu import cpu_flags, cpu_model
 from tokenpose.manifest import library_versions
 
 __all__ = ["collect_provenance", "command_line", "load_average"]
@@ -26,21 +27,8 @@ _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"
               "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "sve")
 
 
-def _cpuinfo_field(*keys: str) -> str | None:
-    """The value of the first /proc/cpuinfo line starting with one of `keys`; None off Linux."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(keys):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def _cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
 def _cpu_flags() -> list[str]:
-    have = set((_cpuinfo_field("flags", "Features") or "").split())
+    have = cpu_flags() or frozenset()
     return [f for f in _CPU_FLAGS if f in have]
 
 
@@ -84,7 +72,7 @@ def collect_provenance(threads: int = 0) -> dict[str, Any]:
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                       "CUDA_VISIBLE_DEVICES") if k in os.environ}
     return {
-        "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "affinity_cores": affinity,
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "affinity_cores": affinity,
                 "flags": _cpu_flags()},
         "load_average": {"start": load_average(), "end": None},
         "gpu": _gpu_info(),

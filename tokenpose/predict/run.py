@@ -291,12 +291,22 @@ class PredictJob:
             if log.items:
                 log.write(finished=False)
             raise
-        return PredictSummary(
-            frames=sum(name in log.items for name in order), kind=kind, people=len(log.results(order)),
-            results=log.write(order), skipped=skipped, truncated=truncated, no_boxes=run.no_boxes, resumed=resumed,
+        return self.summarize(
+            log, order, kind, skipped=skipped, truncated=truncated, no_boxes=run.no_boxes, resumed=resumed,
             tracks=len(run.tracks - {NO_TRACK}),
             detector_frames=None if run.sequence is None else run.sequence.detections,
         )
+
+    def summarize(self, log: ResultsLog, order: list[str], kind: str, *, skipped: list[str],
+                  **counts) -> PredictSummary:
+        """Write `out/results.json` (frames in `order`) and say what the run did; TokenPoseError when
+        no input gave a result. kind: "images" or "frames"; counts: the other PredictSummary fields.
+        Shared by the local run and the Ray job (`tokenpose.serving.batch_job`)."""
+        if not any(name in log.items for name in order):
+            first = skipped[0] if skipped else "no frame gave a result"
+            raise TokenPoseError(f"none of the {len(order)} {kind} in {self.source} could be read; first: {first}")
+        return PredictSummary(frames=sum(name in log.items for name in order), kind=kind,
+                              people=len(log.results(order)), results=log.write(order), skipped=skipped, **counts)
 
     def _sequence(self, log: ResultsLog) -> FrameSequence | None:
         """The frame-to-frame state, track ids continuing above those `log` already holds."""
@@ -349,7 +359,4 @@ class PredictJob:
                 run.add(item.name, item.image_id, image, sink, box_id=item.box_id)
             progress(index + 1, len(files))
         run.flush(sink)
-        order = [f.name for f in files]
-        if not any(name in run.log.items for name in order):
-            raise TokenPoseError(f"none of the {len(files)} images in {self.source} could be read; first: {skipped[0]}")
-        return order
+        return [f.name for f in files]

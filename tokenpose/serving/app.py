@@ -79,15 +79,6 @@ def model_info(engine: Any, path: Path) -> dict[str, Any]:
             "artifact": path.name}
 
 
-def _manifest_dict(engine: Any) -> dict[str, Any]:
-    manifest = getattr(engine, "manifest", None)
-    if manifest is None:
-        return {}
-    if hasattr(manifest, "to_dict"):
-        return manifest.to_dict()
-    return dict(manifest)
-
-
 class PoseService:
     """The deployment's body (wrapped by `serve.deployment` in `serve_forever`)."""
 
@@ -102,7 +93,7 @@ class PoseService:
         self.limits = limits
         self.detector = detector.load() if detector is not None else None
         self.info = model_info(self.engine, path)
-        self.manifest = _manifest_dict(self.engine)
+        self.manifest = dict(self.engine.manifest)  # every engine's manifest is JSON data (the Engine protocol)
         self._batched = serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000.0)(
             self._run_batch)
         self.requests = Counter("tokenpose_requests", description="pose requests by HTTP status",
@@ -117,8 +108,8 @@ class PoseService:
         waiting = [it for it in items if it.boxes is None]
         for item, rows in zip(waiting, self.detector.detect([it.image for it in waiting]) if waiting else []):
             item.boxes = rows
-        return self.predictor.predict([it.image for it in items], [it.boxes[:, :4] for it in items],
-                                      box_scores=[it.boxes[:, 4] for it in items])
+        # (N, 5) rows: the fifth column is the box score, as in the request
+        return self.predictor.predict([it.image for it in items], [it.boxes for it in items])
 
     async def _run_batch(self, items: list[PoseRequest]) -> list[dict[str, Any] | Exception]:
         """One batched call for up to max_batch requests; an engine failure fails each of them."""

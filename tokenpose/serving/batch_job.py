@@ -213,14 +213,8 @@ def run_on_ray(job: PredictJob, options: RayOptions, *, warn: Warn,
         if log.items:
             log.write(finished=False)
         raise
-    if not any(name in log.items for name in order):
-        first = state["skipped"][0] if state["skipped"] else "no frame gave a result"
-        raise TokenPoseError(f"none of the {len(order)} inputs of {job.source} could be read; first: {first}")
-    return PredictSummary(
-        frames=sum(name in log.items for name in order), kind="frames" if video is not None else "images",
-        people=len(log.results(order)), results=log.write(order), skipped=state["skipped"],
-        truncated=state["truncated"], no_boxes=state["no_boxes"], resumed=resumed,
-    )
+    return job.summarize(log, order, "frames" if video is not None else "images", skipped=state["skipped"],
+                         truncated=state["truncated"], no_boxes=state["no_boxes"], resumed=resumed)
 
 
 def _consume(job, options, items, log, sink, warn, progress, state, total) -> None:
