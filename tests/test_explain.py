@@ -79,7 +79,9 @@ def captured_t(model_t, batch_t) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def test_explained_forward_equals_normal_forward(model_t, batch_t, captured_t):
     normal, heatmaps, attention = captured_t
-    assert torch.equal(heatmaps, normal)
+    # Recording computes the last layer for every token (the normal forward only for the keypoint
+    # tokens the head reads): the same function, so equal up to float32 rounding.
+    torch.testing.assert_close(heatmaps, normal, rtol=0, atol=1e-5)
     cfg = model_t.config
     n = cfg.num_joints + cfg.num_visual_tokens
     assert attention.shape == (cfg.total_layers, 2, cfg.heads, n, n)
@@ -178,7 +180,7 @@ def test_three_encoder_layers_numbered_across_encoders():
     assert torch.equal(attention[2], seen[0])
     assert not torch.equal(attention[1], seen[0])
     with torch.no_grad():
-        assert torch.equal(heatmaps, model(x))
+        torch.testing.assert_close(heatmaps, model(x), rtol=0, atol=1e-5)
     assert no_hooks_left(model)
 
     image = read_image(IMAGE)

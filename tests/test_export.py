@@ -210,7 +210,9 @@ def test_int8_model_pairs_uint8_activations_with_symmetric_per_channel_int8_weig
     assert q and dq
     for n in dq:  # weights: symmetric int8 (zero point 0); activations: uint8, the x86 kernels' pairing
         zp = inits[n.input[2]]
-        if n.input[0] in inits:
+        if n.input[0] in inits and inits[n.input[0]].ndim == 1:  # a Conv bias: int32 at scale x_scale * w_scale
+            assert zp.dtype == np.int32 and not zp.any(), n.name
+        elif n.input[0] in inits:
             assert zp.dtype == np.int8 and not zp.any(), n.name
         else:
             assert zp.dtype == np.uint8, n.name
@@ -315,7 +317,7 @@ def test_classify_matmuls_finds_attention_and_head(exported):
     groups = classify_matmuls(proto)
     assert len(groups["attention"]) == 2 * 12  # Q K^T and softmax V per layer
     assert groups["head"] == ["/head/head.3/MatMul"]
-    assert "/patch_embed/MatMul" in groups["weight"]
+    assert "/Conv" in groups["weight"]  # the patch embedding, computed as a strided convolution
 
 
 # --------------------------------------------------------------------------- manifest checks

@@ -86,3 +86,20 @@ def test_layer_norm_eps_is_official():
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.eps == 1e-5 for m in norms)
     assert bns and all(m.eps == 1e-5 and m.momentum == 0.1 for m in bns)
+
+
+@pytest.mark.parametrize("variant", ["t", "s-v2", "l-d6"])
+def test_default_forward_equals_the_reference_form(variant):
+    """The patch embedding as a strided convolution and the last layer computed for the keypoint
+    tokens only give the official computation's heatmaps (same weights, float32 rounding)."""
+    torch.manual_seed(0)
+    model = create_model(variant)
+    for p in model.parameters():  # non-zero biases and LayerNorm affines, as a trained model has
+        p.data.add_(0.02 * torch.randn_like(p))
+    x = torch.randn(2, 3, *model.config.input_hw)
+    with torch.no_grad():
+        fast = model(x)
+        model.reference_form = True
+        reference = model(x)
+    assert fast.shape == reference.shape
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)

@@ -165,7 +165,7 @@ def _row(r: Runner, variant: str, batch: int, comp: Complexity | None, device: s
     row.cpu_util = r.cpu_s / r.wall_s if r.wall_s > 0 and r.timing == "wall_clock" else None
     row.memory = r.memory.as_dict()
     if comp is not None:
-        row.achieved_gflops_per_s = comp.true_gflops * row.throughput_ips
+        row.achieved_gflops_per_s = comp.executed_gflops * row.throughput_ips
     return row
 
 

@@ -14,7 +14,8 @@
                     threads {torch_intra_op, torch_inter_op, onnxruntime_intra_op, env}, python,
                     platform
     complexity[]    per variant: variant, input_hw, heatmap_hw, params, paper_params_m,
-                    gflops_paper_convention, paper_gflops, true_gflops, true_gflops_attention
+                    gflops_paper_convention, paper_gflops, true_gflops, true_gflops_attention,
+                    executed_gflops (what our forward computes: the last layer's visual rows are not)
     peaks[]         library, precision, device, size (n of the n x n x n GEMM), gflops_per_s
                     (GOP/s for int8), repeats, error (null unless the GEMM could not run)
     rows[]          variant, engine (the --engines name or the file name), backend, precision,
@@ -22,7 +23,7 @@
                     "cuda_events" | "cuda_graph"), iters, latency_ms {p50, p90, p99, mean, min,
                     max}, throughput_ips (images/s = batch / mean latency), cpu_util,
                     memory {kind, peak_mb, delta_mb}, params, gflops_paper_convention,
-                    true_gflops (per image), achieved_gflops_per_s, peak_gflops_per_s,
+                    true_gflops (per image), achieved_gflops_per_s (executed FLOPs x images/s), peak_gflops_per_s,
                     peak_fraction, speedup_vs_torch (throughput / torch eager FP32's at the same
                     variant, batch and device; null without a torch row), speedup_vs_onnx (the
                     same against the ONNX Runtime FP32 engine), artifact, emulated

@@ -8,7 +8,10 @@ manifest records which ones an artifact was verified with (`onnxruntime` field).
   head_dim) -> Transpose -> Gather q/k/v -> scalar Muls -> MatMul -> Softmax -> MatMul -> Transpose
   -> Reshape (B, S, dim)), in either form the exporter writes (scale on q only, or sqrt(scale) on q
   and on k^T as `scaled_dot_product_attention` exports), becomes Split + `com.microsoft`
-  `MultiHeadAttention` with the same scale. ONNX Runtime's CPU kernel computes it in tiles, never
+  `MultiHeadAttention` with the same scale. The last layer, where only the keypoint tokens query
+  (`TokenPose.forward`: q projected from their rows -> Reshape (B, J, heads, head_dim) ->
+  Transpose, k and v from one Linear -> Reshape (B, S, 2, heads, head_dim) -> Transpose -> Gather),
+  becomes Split (k, v) + the same op with the shorter query. ONNX Runtime's CPU kernel computes it in tiles, never
   storing the (B, heads, S, S) probabilities: for S-v2 (S = 785) those are 19.7 MB per image and
   layer, the reason per-image throughput fell with the batch size. Softmax stays float32.
 
@@ -66,12 +69,13 @@ def _attr(node, name: str, default=None):
 
 @dataclass
 class _Attention:
-    qkv: str  # (B, S, 3 * dim) tensor the block starts from
-    out: str  # (B, S, dim) tensor it ends in
+    qkv: str  # (B, S, 3 * dim) tensor the block starts from, or (B, S, 2 * dim) k | v when `query` is set
+    out: str  # (B, S, dim) tensor it ends in (B, L, dim with `query`)
     heads: int
     head_dim: int
     scale: float
     nodes: list  # every node the fused op replaces
+    query: str | None = None  # (B, L, dim) queries projected on their own (the pruned last layer)
 
 
 def _strip_scalar_muls(g: _Graph, tensor: str, nodes: list) -> tuple[str, float]:
@@ -106,6 +110,46 @@ def _split_source(g: _Graph, tensor: str, index: int):
     return gather, transpose
 
 
+def _own_query(g: _Graph, tensor: str):
+    """(Reshape, Transpose) when `tensor` is q projected on its own: Transpose (0, 2, 1, 3) of a
+    Reshape to (B, L, heads, head_dim), each read only by the next step; else None."""
+    transpose = g.producer.get(tensor)
+    if transpose is None or transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    reshape = g.producer.get(transpose.input[0])
+    shape = None if reshape is None or reshape.op_type != "Reshape" else g.const.get(reshape.input[1])
+    if (shape is None or shape.shape != (4,) or g.only_consumer(reshape.output[0]) is None
+            or g.only_consumer(transpose.output[0]) is None):
+        return None
+    return reshape, transpose
+
+
+def _sources(g: _Graph, q: str, k: str, v: str):
+    """How q, k, v come from the projections: (Reshape, Transpose, Gathers, extra nodes, query) or None.
+
+    Packed: all three slices of one (B, S, 3, heads, head_dim) transpose (query None). Own query:
+    k and v slices 0 and 1 of a (B, S, 2, heads, head_dim) transpose, q from `_own_query`.
+    """
+    own = _own_query(g, q)
+    names = (k, v) if own else (q, k, v)
+    sources = [_split_source(g, t, i) for i, t in enumerate(names)]
+    if any(s is None for s in sources) or len({id(s[1]) for s in sources}) != 1:
+        return None
+    transpose = sources[0][1]
+    reshape = g.producer.get(transpose.input[0])
+    shape = None if reshape is None or reshape.op_type != "Reshape" else g.const.get(reshape.input[1])
+    if shape is None or shape.shape != (5,) or int(shape[2]) != len(names):
+        return None
+    if len(g.consumers.get(transpose.output[0], [])) != len(names) or g.only_consumer(reshape.output[0]) is None:
+        return None
+    if own is not None:
+        q_shape = g.const[own[0].input[1]]
+        if tuple(int(d) for d in q_shape[2:]) != (int(shape[3]), int(shape[4])):
+            return None
+        return reshape, transpose, [s[0] for s in sources], list(own), own[0].input[0]
+    return reshape, transpose, [s[0] for s in sources], [], None
+
+
 def _match_attention(g: _Graph, softmax) -> _Attention | None:
     """The attention block around `softmax`, or None when the pattern differs anywhere."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
@@ -121,24 +165,19 @@ def _match_attention(g: _Graph, softmax) -> _Attention | None:
     k_transpose = g.producer.get(kt)
     if k_transpose is None or k_transpose.op_type != "Transpose" or list(_attr(k_transpose, "perm", [])) != [0, 1, 3, 2]:
         return None
-    sources = [_split_source(g, t, i) for i, t in enumerate((q, k_transpose.input[0], pv.input[1]))]
-    if any(s is None for s in sources) or len({id(s[1]) for s in sources}) != 1:
+    found = _sources(g, q, k_transpose.input[0], pv.input[1])
+    if found is None:
         return None
-    transpose = sources[0][1]
-    reshape = g.producer.get(transpose.input[0])
-    shape = None if reshape is None or reshape.op_type != "Reshape" else g.const.get(reshape.input[1])
-    if shape is None or shape.shape != (5,) or int(shape[2]) != 3:
-        return None
+    reshape, transpose, gathers, extra, query = found
+    shape = g.const[reshape.input[1]]
     out_t = g.only_consumer(pv.output[0])
     out_r = None if out_t is None else g.only_consumer(out_t.output[0])
     if (out_t is None or out_t.op_type != "Transpose" or list(_attr(out_t, "perm", [])) != [0, 2, 1, 3]
             or out_r is None or out_r.op_type != "Reshape"):
         return None
-    if len(g.consumers.get(transpose.output[0], [])) != 3 or g.only_consumer(reshape.output[0]) is None:
-        return None
-    nodes += [qk, k_transpose, pv, out_t, out_r, reshape, transpose] + [s[0] for s in sources]
+    nodes += [qk, k_transpose, pv, out_t, out_r, reshape, transpose, *gathers, *extra]
     return _Attention(reshape.input[0], out_r.output[0], int(shape[3]), int(shape[4]),
-                      scale * q_scale * k_scale, nodes)
+                      scale * q_scale * k_scale, nodes, query)
 
 
 def fuse_attention(proto) -> tuple[object, int]:
@@ -163,13 +202,16 @@ def fuse_attention(proto) -> tuple[object, int]:
     inserted: dict[int, list] = {}
     for k, b in enumerate(blocks):
         prefix = f"/fused_attention_{k}"
-        graph.initializer.append(onnx.numpy_helper.from_array(np.array([b.heads * b.head_dim] * 3, np.int64),
+        parts = 2 if b.query is not None else 3
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([b.heads * b.head_dim] * parts, np.int64),
                                                               f"{prefix}/split_sizes"))
         q, kk, v = (f"{prefix}/{x}" for x in "qkv")
-        # Every replaced node reads qkv directly or indirectly: the first one's place has it computed.
-        inserted[min(position[id(n)] for n in b.nodes)] = [
-            helper.make_node("Split", [b.qkv, f"{prefix}/split_sizes"], [q, kk, v], name=f"{prefix}/Split", axis=-1),
-            helper.make_node("MultiHeadAttention", [q, kk, v], [b.out], name=f"{prefix}/MultiHeadAttention",
+        split_out = [kk, v] if b.query is not None else [q, kk, v]
+        # Every replaced node is an ancestor of the block's output Reshape, so that Reshape is the
+        # last of them in the (topological) node order: the inputs are all computed by then.
+        inserted[max(position[id(n)] for n in b.nodes)] = [
+            helper.make_node("Split", [b.qkv, f"{prefix}/split_sizes"], split_out, name=f"{prefix}/Split", axis=-1),
+            helper.make_node("MultiHeadAttention", [b.query or q, kk, v], [b.out], name=f"{prefix}/MultiHeadAttention",
                              domain=_MS_DOMAIN, num_heads=b.heads, scale=float(b.scale)),
         ]
     kept = []

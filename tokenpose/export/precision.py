@@ -87,27 +87,40 @@ def classify_matmuls(proto) -> dict[str, list[str]]:
     return groups
 
 
-def _inline_identity_initializers(proto):
-    """Copy of `proto` where `Identity(initializer)` nodes are replaced by a copy of the initializer.
+def _unshare_initializers(proto):
+    """Copy of `proto` where no initializer feeds more than one node input.
 
-    The TorchScript exporter emits such nodes for weights used twice; the float16 converter
-    would turn the initializer into float16 but leave the Identity typed float32 when its
-    consumer is blocked (LayerNormalization), which ONNX Runtime rejects.
+    Exporters and onnxslim share one initializer among nodes that need equal constants (every zero
+    bias of a freshly initialised model is one tensor; the TorchScript exporter also writes
+    `Identity(initializer)` nodes for weights used twice). The float16 converter types such a shared
+    tensor once: float32 when a blocked consumer (LayerNormalization) reads it, so a float16 Conv
+    or Add beside it gets a float32 operand, which ONNX Runtime rejects. Each use gets its own copy
+    (and each Identity of an initializer becomes one).
     """
     import onnx
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     inits = {i.name: i for i in proto.graph.initializer}
     outputs = {o.name for o in proto.graph.output}
-    keep = []
+    keep, uses = [], {}
+
+    def copy_of(name: str, new_name: str) -> None:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = new_name
+        proto.graph.initializer.append(copy)
+
     for node in proto.graph.node:
         if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            proto.graph.initializer.append(copy)
-        else:
-            keep.append(node)
+            copy_of(node.input[0], node.output[0])
+            continue
+        for k, name in enumerate(node.input):
+            if name in inits:
+                uses[name] = uses.get(name, 0) + 1
+                if uses[name] > 1:
+                    node.input[k] = f"{name}__use{uses[name]}"
+                    copy_of(name, node.input[k])
+        keep.append(node)
     del proto.graph.node[:]
     proto.graph.node.extend(keep)
     return proto
@@ -130,7 +143,7 @@ def convert_fp16(
         raise ExportError(
             "FP16 conversion needs onnxconverter-common: pip install onnxconverter-common"
         ) from None
-    proto = _inline_identity_initializers(proto)
+    proto = _unshare_initializers(proto)
     nodes = list(keep_fp32_nodes) + (_head_projection_nodes(proto) if keep_head_fp32 else [])
     block_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
     with warnings.catch_warnings():

@@ -55,8 +55,12 @@ class Attention(nn.Module):
         # A no-op the explain tooling hooks to read attention probabilities; nothing else sees it.
         self.probe = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, dim) -> (B, N, dim)
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """(B, N, dim) -> (B, N, dim); with `queries`, only the first `queries` tokens attend (every
+        token is still a key and value): (B, queries, dim), the same rows as the full output's."""
         b, n, dim = x.shape
+        if queries is not None:
+            return self._first_rows(x, queries)
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, heads, N, head_dim)
         if self.probe._forward_hooks:
@@ -67,6 +71,15 @@ class Attention(nn.Module):
         # and layer, which is what made eager batches slower per image than batch 1.
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
+
+    def _first_rows(self, x: torch.Tensor, queries: int) -> torch.Tensor:
+        """The attention output of the first `queries` tokens only: q for those rows, k and v for all."""
+        b, n, dim = x.shape
+        heads, head_dim = self.heads, dim // self.heads
+        q = F.linear(x[:, :queries], self.qkv.weight[:dim]).reshape(b, queries, heads, head_dim).transpose(1, 2)
+        kv = F.linear(x, self.qkv.weight[dim:]).reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)  # (B, heads, queries, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(b, queries, dim))
 
     def probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T * scale): (B, heads, N, head_dim) twice -> (B, heads, N, N), rows summing to 1."""
@@ -95,6 +108,9 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = MLP(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """(B, N, dim) -> (B, N, dim), or with `queries` only the first `queries` rows of it: each
+        row after attention depends on its own token alone (LayerNorm, MLP and the residuals are
+        per token), so the other rows need not be computed when nothing reads them."""
+        x = (x if queries is None else x[:, :queries]) + self.attn(self.norm1(x), queries)
         return x + self.mlp(self.norm2(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tokenpose.errors import InputShapeError
 from tokenpose.models.backbones import build_backbone
@@ -43,6 +44,10 @@ class TokenPose(nn.Module):
                 nn.LayerNorm(cfg.head_hidden),
                 nn.Linear(cfg.head_hidden, hm_size),
             )
+        # True: compute exactly as the official code does (every token of every layer, the patch
+        # embedding as a Linear over flattened patches); the paper's FLOP count is taken that way.
+        # False (default): the same function with less work (`embed_patches`, the pruned last layer).
+        self.reference_form = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -72,29 +77,36 @@ class TokenPose(nn.Module):
                 f"got {tuple(images.shape)}"
             )
 
-    def patchify(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, Hf, Wf) -> (B, N, ph * pw * C), patches in row-major grid order.
+    def embed_patches(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, Hf, Wf) -> (B, N, dim): the patch embedding, patches in row-major grid order.
 
-        Each patch is flattened in (row, column, channel) order, channel fastest, as the
-        official patch embedding expects.
+        The official model flattens each (ph, pw) patch in (row, column, channel) order and applies
+        one Linear (`reference_form`). By default that Linear is computed as a convolution with
+        kernel = stride = the patch size, its weight (dim, ph * pw * C) viewed as (dim, C, ph, pw):
+        same function, same parameters, but no 6-D transpose of the (B, C, Hf, Wf) features (in the
+        exported graph that one Transpose took 3% of a call); only the (B, dim, N) result is transposed.
         """
         b, c, fh, fw = features.shape
         ph, pw = self.config.patch_hw
-        gh, gw = fh // ph, fw // pw
-        x = features.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, ph, pw, C)
-        return x.reshape(b, gh * gw, ph * pw * c)
+        if self.reference_form:
+            x = features.reshape(b, c, fh // ph, ph, fw // pw, pw).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, ph, pw, C)
+            return self.patch_embed(x.reshape(b, (fh // ph) * (fw // pw), ph * pw * c))
+        weight = self.patch_embed.weight.reshape(-1, ph, pw, c).permute(0, 3, 1, 2)
+        x = F.conv2d(features, weight, self.patch_embed.bias, stride=(ph, pw))  # (B, dim, gh, gw)
+        return x.flatten(2).transpose(1, 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_input(images)
         cfg = self.config
         b = images.shape[0]
-        visual = self.patch_embed(self.patchify(self.backbone(images)))  # (B, N, dim)
+        visual = self.embed_patches(self.backbone(images))  # (B, N, dim)
         tokens = torch.cat((self.keypoint_token.expand(b, -1, -1), visual), dim=1)  # (B, J + N, dim)
         # The position table goes on the visual tokens only, added out of place (no slice write).
         pos = torch.cat((self.pos_embedding.new_zeros(1, cfg.num_joints, cfg.dim), self.pos_embedding), dim=1)
 
         x = tokens + pos
         keypoint_outputs = []
+        last = self.encoders[-1][-1]
         for encoder in self.encoders:
             for i, layer in enumerate(encoder):
                 # "sine-full": re-add the table before every layer but the first of each encoder
@@ -102,7 +114,11 @@ class TokenPose(nn.Module):
                 # it would with one long encoder).
                 if i > 0:
                     x = x + pos
-                x = layer(x)
+                # Only the keypoint tokens of the very last layer are read (by the head): its visual
+                # tokens are not computed (S-v2: 768 of 785 query rows), unless the explain tooling
+                # records that layer's full attention matrix or the reference form is asked for.
+                pruned = layer is last and not (self.reference_form or layer.attn.probe._forward_hooks)
+                x = layer(x, cfg.num_joints if pruned else None)
             keypoint_outputs.append(x[:, : cfg.num_joints])  # (B, J, dim)
 
         if cfg.head_hidden is None:
