@@ -638,3 +638,41 @@ def test_reduced_precision_without_instructions_warns_once(artifacts, monkeypatc
     assert [str(w.message) for w in caught if "emulated" in str(w.message)] == [
         "TorchEngine: bf16 on this CPU is emulated (none of avx512_bf16, amx_bf16): slower than fp32"]
     assert first.emulated and load_engine(artifacts["pth"]).emulated is None
+
+
+def test_torch_engine_micro_batches_on_cpu_with_the_same_heatmaps(artifacts):
+    from tokenpose.engines.torch_engine import CPU_MICRO_BATCH, TorchEngine
+
+    inputs = np.random.default_rng(0).standard_normal((2 * CPU_MICRO_BATCH + 3, 3, *TINY.input_hw)).astype(np.float32)
+    sliced = load_engine(artifacts["pth"])
+    whole = load_engine(artifacts["pth"], micro_batch=None)
+    assert sliced.micro_batch == CPU_MICRO_BATCH and whole.micro_batch is None
+    assert load_engine(artifacts["pth"], compile=True).micro_batch is None  # compiled: the batch whole
+    calls = []
+    sliced._forward = lambda x, f=sliced._forward: calls.append(x.shape[0]) or f(x)
+    np.testing.assert_allclose(sliced(inputs), whole(inputs), rtol=0, atol=1e-5)
+    assert calls == [CPU_MICRO_BATCH, CPU_MICRO_BATCH, 3]
+    for bad in (-1, "8", 2.5, True):
+        with pytest.raises(TokenPoseError, match="micro_batch must be"):
+            TorchEngine(peaked_model(), micro_batch=bad)
+
+
+@pytest.mark.parametrize("backbone", ["stem", "hrnet_w32"])
+def test_torch_engine_folds_batchnorm_into_convolutions_with_the_same_output(backbone):
+    from tokenpose.engines.torch_engine import TorchEngine
+
+    cfg = dataclasses.replace(TINY, name=f"tiny-{backbone}", backbone=backbone, patch_hw=(4, 3))
+    torch.manual_seed(0)
+    model = TokenPose(cfg).eval()
+    for m in model.modules():  # running statistics and affines a trained model would have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean):
+                t.data.normal_(0, 0.1)
+            m.running_var.data.uniform_(0.5, 2.0)
+    engine = TorchEngine(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0  # the caller's model is untouched
+    x = np.random.default_rng(1).standard_normal((2, 3, *cfg.input_hw)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(engine(x), expected, rtol=0, atol=2e-5)

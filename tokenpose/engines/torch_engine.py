@@ -3,7 +3,9 @@
 The variant of a checkpoint comes, in this order, from the `variant=` option, from metadata the
 checkpoint carries (`variant`, `model_config`, or a training `config` holding `variant`), or from
 matching its key shapes against every variant (only an exact match is accepted).
-Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps. A reduced precision the
+Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps. For inference the engine
+runs a copy of the model with the BatchNorms folded into their convolutions (`fold_batchnorm`), and
+on a CPU an eager engine runs a large batch in micro-batches of `CPU_MICRO_BATCH` (see `micro_batch`). A reduced precision the
 device has no instructions for (bf16 without AVX512-BF16/AMX, fp16 without AVX512-FP16/AMX-FP16
 on a CPU) runs emulated, slower than fp32: the engine says so once (`emulated_reason`).
 """
@@ -29,10 +31,17 @@ from tokenpose.models.checkpoints import (
     read_checkpoint,
     unwrap_state_dict,
 )
+from tokenpose.models.backbones import fold_batchnorm
 from tokenpose.models.config import VARIANTS, ModelConfig, get_config
 from tokenpose.models.tokenpose import TokenPose
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Eager PyTorch on a CPU runs one op at a time over the whole batch: past a few images every
+# intermediate (S-v2: 58 MB of MLP activations at batch 32) leaves the caches and each elementwise
+# op, copy and convolution pays for it (S-v2, 2 cores: batch 32 at 0.72x batch 1's images/s). In
+# micro-batches of 8 a call keeps batch 8's per-image speed, which is at or above batch 1's there
+# (benchmarks/README.md, torch path). Compiled engines fuse those ops and take the batch whole.
+CPU_MICRO_BATCH = 8
 
 # CPU flags (x86 /proc/cpuinfo names, then Arm's) any one of which runs the precision natively.
 # Without them PyTorch converts to float32 around every kernel: 20x slower than fp32 on AVX2.
@@ -108,6 +117,17 @@ def _device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _micro_batch(value: int | str | None, device: torch.device, compiled: bool) -> int | None:
+    """The micro-batch size of an engine (None: whole batches); see `TorchEngine`."""
+    if value == "auto":
+        return CPU_MICRO_BATCH if device.type == "cpu" and not compiled else None
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TokenPoseError(f"micro_batch must be 'auto', None or an integer >= 1, got {value!r}")
+    return value
+
+
 class TorchEngine:
     """A TokenPose `nn.Module` behind the Engine protocol.
 
@@ -115,7 +135,9 @@ class TorchEngine:
     precision: "fp32", or "fp16"/"bf16" autocast on the engine's device (`emulated` holds why it
     is slow where the device lacks the instructions, else None); compile: `torch.compile` (Inductor,
     weights frozen in, one graph per batch size: the first call at each size compiles).
-    max_batch: the largest batch one call accepts (None: unlimited). `config` is the model's
+    max_batch: the largest batch one call accepts (None: unlimited). micro_batch: run a call in
+    slices of at most this many images ("auto": `CPU_MICRO_BATCH` for an eager engine on a CPU, the
+    whole batch otherwise; None or 0: always whole). `config` is the model's
     ModelConfig; `meta` says what it takes (ImageNet mean/std, RGB, any batch up to max_batch).
     """
 
@@ -130,6 +152,7 @@ class TorchEngine:
         precision: str = "fp32",
         compile: bool = False,
         max_batch: int | None = None,
+        micro_batch: int | str | None = "auto",
         manifest: dict[str, Any] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
@@ -145,7 +168,8 @@ class TorchEngine:
         if self.emulated and (precision, self.device.type) not in _warned:
             _warned.add((precision, self.device.type))
             warnings.warn(f"TorchEngine: {self.emulated}", stacklevel=2)
-        self.model = model.eval().to(self.device)
+        self.model = fold_batchnorm(model).to(self.device)
+        self.micro_batch = _micro_batch(micro_batch, self.device, compile)
         # One graph per batch size (no dynamic-shape kernels) with the weights folded in as
         # constants ("freezing"); the engine only runs under inference_mode, which freezing needs.
         self._forward = (torch.compile(self.model, dynamic=False, options={"freezing": True})
@@ -162,6 +186,7 @@ class TorchEngine:
         precision: str = "fp32",
         compile: bool = False,
         max_batch: int | None = None,
+        micro_batch: int | str | None = "auto",
         **unused: Any,
     ) -> TorchEngine:
         """Open a `.pth` checkpoint (official layout, ours or a training checkpoint)."""
@@ -173,7 +198,8 @@ class TorchEngine:
         cfg = get_config(variant) if variant is not None else checkpoint_config(ckpt, str(path))
         model = TokenPose(cfg)
         load_official_state_dict(model, ckpt, source=str(path))
-        engine = cls(model, device=device, precision=precision, compile=compile, max_batch=max_batch)
+        engine = cls(model, device=device, precision=precision, compile=compile, max_batch=max_batch,
+                     micro_batch=micro_batch)
         engine.manifest = engine._manifest(path, ckpt)
         return engine
 
@@ -191,9 +217,11 @@ class TorchEngine:
         x = check_engine_input(images, self.meta, self.name)
         tensor = torch.from_numpy(x).to(self.device, non_blocking=True)
         dtype = PRECISIONS[self.precision]
+        step = self.micro_batch or tensor.shape[0]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                      enabled=dtype is not None):
-            out = self._forward(tensor)
+            outs = [self._forward(tensor[i:i + step]) for i in range(0, tensor.shape[0], step)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.float().cpu().numpy()
 
     def __repr__(self) -> str:

@@ -7,8 +7,11 @@ All BatchNorms use eps 1e-5 and momentum 0.1.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -164,3 +167,27 @@ def build_backbone(kind: str) -> nn.Module:
     if kind == "hrnet_w48":
         return HRNetStages(48)
     raise ValueError(f"unknown backbone {kind!r}")
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of `model` with every BatchNorm2d folded into the Conv2d it follows.
+
+    Eval-mode BatchNorm is an affine map per channel, so `bn(conv(x))` is one convolution with
+    scaled weights and a bias: the same function with one pass over the activations fewer (the
+    S-v2 stem runs at (B, 256, 64, 48)). The pairs are the ones this module builds: `convN` then
+    `bnN` on a block, and a Conv2d directly followed by a BatchNorm2d in an `nn.Sequential`. The
+    copy is for inference only (its state_dict no longer has the BatchNorm keys); `model` is untouched.
+    """
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        for i in (1, 2, 3):
+            conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(module, f"bn{i}", nn.Identity())
+        if isinstance(module, nn.Sequential):
+            for j in range(len(module) - 1):
+                if isinstance(module[j], nn.Conv2d) and isinstance(module[j + 1], nn.BatchNorm2d):
+                    module[j] = fuse_conv_bn_eval(module[j], module[j + 1])
+                    module[j + 1] = nn.Identity()
+    return model
