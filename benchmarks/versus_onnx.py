@@ -112,14 +112,23 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json"), "w") as f:
         json.dump(result, f, indent=2)
-    lines = [f"Baseline: `{args.baseline.name}` in a plain ONNX Runtime session; {args.threads} threads, "
-             f"{args.warmup} warm-up + {args.rounds} interleaved rounds ({args.settle_ms:g} ms idle before each call), "
-             "median call time.", "",
+    with atomic_write(args.out.with_suffix(".md"), "w") as f:
+        f.write(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The results table with the machine it was measured on."""
+    cpu, versions = result["provenance"]["cpu"], result["provenance"]["versions"]
+    lines = [f"Baseline: `{Path(result['baseline']).name}` in a plain ONNX Runtime session; {result['threads']} threads, "
+             f"{result['warmup']} warm-up + {result['rounds']} interleaved rounds ({result['settle_ms']:g} ms idle before "
+             "each call), median call time.", "",
+             f"Machine: {cpu['model']}, {cpu['affinity_cores']} of {cpu['logical_cores']} logical cores "
+             f"({', '.join(cpu['flags'])}); onnxruntime {versions['onnxruntime']}, torch {versions['torch']}; "
+             f"1-min load average at start {result['provenance']['load_average']['start'][0]:.2f}.", "",
              "| batch | engine | images/s | x baseline | max abs diff vs baseline |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['engine']} | {r['images_per_s']:.2f} | {r['x_baseline']:.2f}x | "
-              f"{r['max_abs_diff_vs_baseline']:.2e} |" for r in rows]
-    with atomic_write(args.out.with_suffix(".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+              f"{r['max_abs_diff_vs_baseline']:.2e} |" for r in result["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -676,3 +676,52 @@ def test_torch_engine_folds_batchnorm_into_convolutions_with_the_same_output(bac
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(engine(x), expected, rtol=0, atol=2e-5)
+
+
+FAULTS_SCRIPT = """
+import resource, sys, torch
+from tokenpose.engines.cpu import retain_freed_memory
+applied = retain_freed_memory() if sys.argv[1] == "on" else False
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        t = torch.ones(16 * 2**20)  # 64 MB: above glibc's largest mmap threshold, so mmapped by default
+        del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+# The heap settles after a round or two (other allocations can sit between): the fewest of 5 rounds.
+print(applied, min(faults() for _ in range(5)))
+"""
+
+
+@pytest.mark.parametrize("mode", ["on", "off", "env"])
+def test_retain_freed_memory_stops_the_page_faults_of_reallocated_tensors(mode):
+    """The malloc policy of the torch-based CPU engines: a freed 64 MB tensor's pages are reused by
+    the next one (no new page faults), instead of being unmapped and faulted in again each time."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOKENPOSE_MALLOC": "system" if mode == "env" else ""}
+    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, "off" if mode == "off" else "on"], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    applied, faults = out[0] == "True", int(out[1])
+    pages = 3 * 16 * 2**20 * 4 // 4096
+    if mode == "on":
+        assert applied and faults < pages // 20, faults
+    else:  # not asked for, or TOKENPOSE_MALLOC=system: each new tensor faults all of its pages in
+        assert not applied and faults > pages // 2, faults
+
+
+def test_onnx_engine_micro_batches_on_cpu_with_the_same_heatmaps(artifacts):
+    from tokenpose.engines.onnx_engine import CPU_MICRO_BATCH
+
+    inputs = np.random.default_rng(0).standard_normal((CPU_MICRO_BATCH + 5, 3, *TINY.input_hw)).astype(np.float32)
+    sliced = load_engine(artifacts["onnx"], device="cpu")
+    whole = load_engine(artifacts["onnx"], device="cpu", micro_batch=0)
+    assert sliced.micro_batch == CPU_MICRO_BATCH and whole.micro_batch is None
+    calls = []
+    sliced._run = lambda x, f=sliced._run: calls.append(x.shape[0]) or f(x)
+    np.testing.assert_allclose(sliced(inputs), whole(inputs), rtol=0, atol=1e-5)
+    assert calls == [CPU_MICRO_BATCH, 5]
+    with pytest.raises(TokenPoseError, match="micro_batch must be"):
+        load_engine(artifacts["onnx"], device="cpu", micro_batch="eight")

@@ -3,7 +3,8 @@
 It loads the same compiled model the C++ example (`cpp/`, libtorch's `AOTIModelPackageLoader`)
 loads, so `PosePredictor(AotiEngine.from_file(p))` is the Python reference the C++ parity test
 compares against. Loading verifies the manifest beside the package (`<file>.pt2.json`: presence,
-sha256, format) and reads the variant, sizes and batch range from it.
+sha256, format) and reads the variant, sizes and batch range from it. On a CPU the process's malloc
+keeps freed activations for the next call (`tokenpose.engines.cpu.retain_freed_memory`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from tokenpose.engines.base import EngineMeta, check_engine_input, check_precision, reject_options
+from tokenpose.engines.cpu import retain_freed_memory
 from tokenpose.errors import TokenPoseError
 from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
 
@@ -115,6 +117,8 @@ class AotiEngine:
         package_device = runner.get_metadata().get("AOTI_DEVICE_KEY", "cpu")
         if device is not None and device != "auto" and torch.device(device).type != package_device:
             raise TokenPoseError(f"{path}: the package was compiled for {package_device!r}, not {device!r}")
+        if package_device == "cpu":
+            retain_freed_memory()
         return cls(runner, manifest, path, meta, torch.device(package_device))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

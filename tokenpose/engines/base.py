@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -253,3 +253,23 @@ def check_engine_input(images: Any, meta: EngineMeta, engine: str) -> np.ndarray
     if not np.issubdtype(images.dtype, np.floating):
         raise InputShapeError(f"{engine} engine: expected float32 normalised images, got dtype {images.dtype}")
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def micro_batch_size(value: int | str | None, auto: int | None) -> int | None:
+    """An engine's `micro_batch` option as a slice size (None: whole batches).
+
+    "auto" gives the engine's own default `auto`; None or 0 mean whole batches; else an int >= 1.
+    """
+    if value == "auto":
+        return auto
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TokenPoseError(f"micro_batch must be 'auto', None or an integer >= 1, got {value!r}")
+    return value
+
+
+def in_slices(run: Callable[[Any], Any], batch: Any, step: int | None) -> list:
+    """`run` on consecutive slices of at most `step` images of `batch` (all of it when step is None)."""
+    step = step or len(batch)
+    return [run(batch[i:i + step]) for i in range(0, len(batch), step)]

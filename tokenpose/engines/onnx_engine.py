@@ -14,6 +14,7 @@ On the CPU the model goes through the in-memory fusions its manifest lists (`onn
 at the level the manifest records (default "all"); `fusions=()` / `graph_optimization=` override
 them. Thread settings: `threads` (intra-op), `spinning` (whether idle pool threads spin-wait) and
 `affinity` (ONNX Runtime's `session.intra_op_thread_affinities` string, e.g. "1;2" for 3 threads).
+`micro_batch` (default "auto": `CPU_MICRO_BATCH` on the CPU) runs a larger batch in slices.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from tokenpose.engines.base import (
     EngineMeta,
     check_engine_input,
     check_precision,
+    in_slices,
+    micro_batch_size,
     reject_options,
 )
 from tokenpose.errors import TokenPoseError
@@ -42,6 +45,10 @@ PROVIDERS = {
 }
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+# On a CPU, ONNX Runtime's per-image time rises past a few images (S-v2, 2 cores: batch 32 at 0.94x
+# batch 1's images/s, MatMuls +34% per image at batch 32 vs 1 in the profile: the (B, 785, 576) MLP
+# activations leave the caches). A call larger than this runs in slices of this size.
+CPU_MICRO_BATCH = 8
 
 
 class OnnxEngine:
@@ -85,6 +92,7 @@ class OnnxEngine:
         self._binding = session.io_binding() if self.providers[0] != "CPUExecutionProvider" else None
         # What from_file created the session with (profiled_session makes a twin from these).
         self.session_settings: dict[str, Any] = {}
+        self.micro_batch: int | None = None  # whole batches unless from_file(micro_batch=...) says otherwise
         self._model: Any = str(path)
         self._providers_requested: list[Any] = list(self.providers)
 
@@ -123,6 +131,7 @@ class OnnxEngine:
         fusions: tuple[str, ...] | list[str] | None = None,
         spinning: bool | None = None,
         affinity: str | None = None,
+        micro_batch: int | str | None = "auto",
         **unused: Any,
     ) -> OnnxEngine:
         """Open `path` and its manifest `path.json`.
@@ -132,6 +141,8 @@ class OnnxEngine:
         graph_optimization: one of GRAPH_OPTIMIZATION_LEVELS (default: the manifest's, else "all");
         fusions: CPU graph rewrites (default: the manifest's list, else all of `FUSIONS`);
         spinning / affinity: the intra-op pool's spin-wait and thread affinities (default: ORT's).
+        micro_batch: slice size for larger calls ("auto": `CPU_MICRO_BATCH` on the CPU when the batch
+        axis is dynamic, else whole batches; None or 0: whole).
         """
         import onnxruntime as ort
 
@@ -161,6 +172,8 @@ class OnnxEngine:
         session = _session(ort, model, settings, providers, path)
         engine = cls(session, manifest, path, meta, device)
         engine.session_settings = settings
+        engine.micro_batch = micro_batch_size(
+            micro_batch, CPU_MICRO_BATCH if device == "cpu" and engine.static_batch is None else None)
         engine._model = model
         engine._providers_requested = providers
         return engine
@@ -182,17 +195,19 @@ class OnnxEngine:
             raise TokenPoseError(f"{self.path}: batch {x.shape[0]} is below the TensorRT profile's minimum {self.min_batch}")
         if self.input_dtype is not np.float32:
             x = x.astype(self.input_dtype)
+        outs = in_slices(self._run, x, self.micro_batch)
+        return np.asarray(outs[0] if len(outs) == 1 else np.concatenate(outs), dtype=np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if self._binding is None:
-            out = self.session.run([self.output_name], {self.input_name: x})[0]
-        else:
-            # IO binding: the input is copied to the GPU once, the output stays there until one copy back.
-            self._binding.clear_binding_inputs()
-            self._binding.clear_binding_outputs()
-            self._binding.bind_cpu_input(self.input_name, x)
-            self._binding.bind_output(self.output_name, "cuda")
-            self.session.run_with_iobinding(self._binding)
-            out = self._binding.copy_outputs_to_cpu()[0]
-        return np.asarray(out, dtype=np.float32)
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        # IO binding: the input is copied to the GPU once, the output stays there until one copy back.
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        self._binding.bind_cpu_input(self.input_name, x)
+        self._binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()[0]
 
     def __repr__(self) -> str:
         return f"OnnxEngine({self.path.name}, {self.meta.variant}, {self.precision}, {self.providers[0]})"

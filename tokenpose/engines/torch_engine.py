@@ -5,7 +5,8 @@ checkpoint carries (`variant`, `model_config`, or a training `config` holding `v
 matching its key shapes against every variant (only an exact match is accepted).
 Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps. For inference the engine
 runs a copy of the model with the BatchNorms folded into their convolutions (`fold_batchnorm`), and
-on a CPU an eager engine runs a large batch in micro-batches of `CPU_MICRO_BATCH` (see `micro_batch`). A reduced precision the
+on a CPU an eager engine runs a large batch in micro-batches of `CPU_MICRO_BATCH` (see `micro_batch`)
+and the process's malloc keeps freed activations for the next call (`cpu.retain_freed_memory`). A reduced precision the
 device has no instructions for (bf16 without AVX512-BF16/AMX, fp16 without AVX512-FP16/AMX-FP16
 on a CPU) runs emulated, slower than fp32: the engine says so once (`emulated_reason`).
 """
@@ -21,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenpose.engines.base import EngineMeta, check_engine_input, reject_options
-from tokenpose.engines.cpu import cpu_flags
+from tokenpose.engines.base import EngineMeta, check_engine_input, in_slices, micro_batch_size, reject_options
+from tokenpose.engines.cpu import cpu_flags, retain_freed_memory
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.manifest import Manifest, sha256_file
 from tokenpose.models.checkpoints import (
@@ -117,17 +118,6 @@ def _device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _micro_batch(value: int | str | None, device: torch.device, compiled: bool) -> int | None:
-    """The micro-batch size of an engine (None: whole batches); see `TorchEngine`."""
-    if value == "auto":
-        return CPU_MICRO_BATCH if device.type == "cpu" and not compiled else None
-    if value is None or value == 0:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TokenPoseError(f"micro_batch must be 'auto', None or an integer >= 1, got {value!r}")
-    return value
-
-
 class TorchEngine:
     """A TokenPose `nn.Module` behind the Engine protocol.
 
@@ -169,7 +159,10 @@ class TorchEngine:
             _warned.add((precision, self.device.type))
             warnings.warn(f"TorchEngine: {self.emulated}", stacklevel=2)
         self.model = fold_batchnorm(model).to(self.device)
-        self.micro_batch = _micro_batch(micro_batch, self.device, compile)
+        if self.device.type == "cpu":
+            retain_freed_memory()
+        self.micro_batch = micro_batch_size(
+            micro_batch, CPU_MICRO_BATCH if self.device.type == "cpu" and not compile else None)
         # One graph per batch size (no dynamic-shape kernels) with the weights folded in as
         # constants ("freezing"); the engine only runs under inference_mode, which freezing needs.
         self._forward = (torch.compile(self.model, dynamic=False, options={"freezing": True})
@@ -217,10 +210,9 @@ class TorchEngine:
         x = check_engine_input(images, self.meta, self.name)
         tensor = torch.from_numpy(x).to(self.device, non_blocking=True)
         dtype = PRECISIONS[self.precision]
-        step = self.micro_batch or tensor.shape[0]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                      enabled=dtype is not None):
-            outs = [self._forward(tensor[i:i + step]) for i in range(0, tensor.shape[0], step)]
+            outs = in_slices(self._forward, tensor, self.micro_batch)
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.float().cpu().numpy()
 
