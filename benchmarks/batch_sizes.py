@@ -38,7 +38,7 @@ def open_engine(spec: str, threads: int):
         options.setdefault("threads", threads)
         options.setdefault("device", "cpu")
     engine = load_engine(path, **options)
-    label = f"{Path(path).name}{' (' + opts + ')' if opts else ''}"
+    label = f"{Path(path).parent.name}/{Path(path).name}{' (' + opts + ')' if opts else ''}"
     return label, engine
 
 

@@ -317,7 +317,8 @@ def test_classify_matmuls_finds_attention_and_head(exported):
     groups = classify_matmuls(proto)
     assert len(groups["attention"]) == 2 * 12  # Q K^T and softmax V per layer
     assert groups["head"] == ["/head/head.3/MatMul"]
-    assert "/Conv" in groups["weight"]  # the patch embedding, computed as a strided convolution
+    assert groups["patch"] == ["/Conv"]  # the patch embedding, computed as a strided convolution
+    assert "/Conv" not in groups["weight"] and len(groups["weight"]) == 12 * 4 + 1 + 1  # + the last layer's own q
 
 
 # --------------------------------------------------------------------------- manifest checks

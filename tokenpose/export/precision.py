@@ -68,19 +68,27 @@ def _head_projection_nodes(proto) -> list[str]:
     return names[-1:]
 
 
+def _patch_embedding_nodes(proto) -> list[str]:
+    """Names of the Convs whose output becomes tokens (read by a Reshape/Flatten): the patch embedding."""
+    to_tokens = {i for n in proto.graph.node if n.op_type in ("Reshape", "Flatten") for i in n.input[:1]}
+    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.output[0] in to_tokens]
+
+
 def classify_matmuls(proto) -> dict[str, list[str]]:
     """Split the Conv/MatMul/Gemm nodes of a model into groups by role.
 
-    Returns {"weight": [...], "attention": [...], "head": [...]}: `weight` have an initializer
-    (or Constant) operand, `attention` multiply two activations (Q K^T, softmax V), `head` is the
-    final heatmap projection (also a weight node, listed only here).
+    Returns {"weight": [...], "attention": [...], "head": [...], "patch": [...]}: `weight` have an
+    initializer (or Constant) operand, `attention` multiply two activations (Q K^T, softmax V),
+    `head` is the final heatmap projection and `patch` the patch embedding (the strided Conv whose
+    output becomes the visual tokens); those two are weight nodes listed only in their own group.
     """
     consts = {i.name for i in proto.graph.initializer}
     consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     head = set(_head_projection_nodes(proto))
-    groups: dict[str, list[str]] = {"weight": [], "attention": [], "head": sorted(head)}
+    patch = set(_patch_embedding_nodes(proto))
+    groups: dict[str, list[str]] = {"weight": [], "attention": [], "head": sorted(head), "patch": sorted(patch)}
     for n in proto.graph.node:
-        if n.op_type not in ("Conv", "MatMul", "Gemm") or n.name in head:
+        if n.op_type not in ("Conv", "MatMul", "Gemm") or n.name in head or n.name in patch:
             continue
         has_const = any(i in consts for i in n.input[:2])
         groups["weight" if has_const else "attention"].append(n.name)
@@ -181,6 +189,7 @@ class Int8Settings:
     quantize_outputs: tuple[str, ...] = ("Conv",)
     quantize_attention: bool = False
     quantize_head: bool = False
+    quantize_patch: bool = False
     exclude_nodes: tuple[str, ...] = ()
     batch_size: int = 8
     percentile: float = 99.999
@@ -278,10 +287,12 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
         excluded += groups["attention"]
     if not settings.quantize_head:
         excluded += groups["head"]
+    if not settings.quantize_patch:
+        excluded += groups["patch"]
     out = _quantize_static(proto, calibration, settings, excluded)
     quantized = [n for n in groups["weight"] if n not in excluded] + (
         groups["attention"] if settings.quantize_attention else []) + (
-        groups["head"] if settings.quantize_head else [])
+        groups["head"] if settings.quantize_head else []) + (groups["patch"] if settings.quantize_patch else [])
     info = {
         "calibration": {
             **calibration.describe(),
@@ -301,6 +312,8 @@ def quantize_int8(proto, calibration, *, settings: Int8Settings | None = None) -
             "attention": "activation x activation matmuls (Q K^T, softmax V) kept in float32"
             if not settings.quantize_attention else "quantized",
             "head": "final heatmap projection kept in float32" if not settings.quantize_head else "quantized",
+            "patch": "patch embedding kept in float32 (its output is every visual token)"
+            if not settings.quantize_patch else "quantized",
             "ops": "LayerNormalization, Softmax, GELU and residual adds are never quantized",
         },
     }
