@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from test_engines import TINY, build_artifacts
 
 from tokenpose.engines.base import load_engine

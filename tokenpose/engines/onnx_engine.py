@@ -36,7 +36,12 @@ from tokenpose.engines.base import (
 )
 from tokenpose.errors import TokenPoseError
 from tokenpose.export.fusion import FUSIONS, apply_fusions
-from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
+from tokenpose.manifest import (
+    Manifest,
+    read_manifest,
+    unreadable_artifact,
+    verify_manifest,
+)
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

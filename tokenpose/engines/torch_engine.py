@@ -4,11 +4,11 @@ The variant of a checkpoint comes, in this order, from the `variant=` option, fr
 checkpoint carries (`variant`, `model_config`, or a training `config` holding `variant`), or from
 matching its key shapes against every variant (only an exact match is accepted).
 Optional FP16/BF16 autocast; outputs are always float32 numpy heatmaps. For inference the engine
-runs a copy of the model with the BatchNorms folded into their convolutions (`fold_batchnorm`), and
-on a CPU an eager engine runs a large batch in micro-batches of `CPU_MICRO_BATCH` (see `micro_batch`)
-and the process's malloc keeps freed activations for the next call (`cpu.retain_freed_memory`). A reduced precision the
-device has no instructions for (bf16 without AVX512-BF16/AMX, fp16 without AVX512-FP16/AMX-FP16
-on a CPU) runs emulated, slower than fp32: the engine says so once (`emulated_reason`).
+runs a copy of the model with the BatchNorms folded into their convolutions (`fold_batchnorm`); on
+a CPU an eager engine runs a large batch in micro-batches of `CPU_MICRO_BATCH` (see `micro_batch`)
+and the process's malloc keeps freed activations for the next call (`cpu.retain_freed_memory`).
+A reduced precision the device has no instructions for (bf16 without AVX512-BF16/AMX, fp16 without
+AVX512-FP16/AMX-FP16 on a CPU) runs emulated, slower than fp32: the engine says so once (`emulated_reason`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenpose.engines.base import EngineMeta, check_engine_input, in_slices, micro_batch_size, reject_options
+from tokenpose.engines.base import (
+    EngineMeta,
+    check_engine_input,
+    in_slices,
+    micro_batch_size,
+    reject_options,
+)
 from tokenpose.engines.cpu import cpu_flags, retain_freed_memory
 from tokenpose.errors import CheckpointError, TokenPoseError
 from tokenpose.manifest import Manifest, sha256_file
+from tokenpose.models.backbones import fold_batchnorm
 from tokenpose.models.checkpoints import (
     closest_variant,
     load_official_state_dict,
     read_checkpoint,
     unwrap_state_dict,
 )
-from tokenpose.models.backbones import fold_batchnorm
 from tokenpose.models.config import VARIANTS, ModelConfig, get_config
 from tokenpose.models.tokenpose import TokenPose
 

@@ -11,9 +11,10 @@ manifest records which ones an artifact was verified with (`onnxruntime` field).
   `MultiHeadAttention` with the same scale. The last layer, where only the keypoint tokens query
   (`TokenPose.forward`: q projected from their rows -> Reshape (B, J, heads, head_dim) ->
   Transpose, k and v from one Linear -> Reshape (B, S, 2, heads, head_dim) -> Transpose -> Gather),
-  becomes Split (k, v) + the same op with the shorter query. ONNX Runtime's CPU kernel computes it in tiles, never
-  storing the (B, heads, S, S) probabilities: for S-v2 (S = 785) those are 19.7 MB per image and
-  layer, the reason per-image throughput fell with the batch size. Softmax stays float32.
+  becomes Split (k, v) + the same op with the shorter query. ONNX Runtime's CPU kernel computes
+  it in tiles, never storing the (B, heads, S, S) probabilities: for S-v2 (S = 785) those are
+  19.7 MB per image and layer, the reason per-image throughput fell with the batch size. Softmax
+  stays float32.
 
 ONNX Runtime's own level-2 fusions (GELU, LayerNorm, MatMul + Add, Q/DQ into QLinearConv /
 QLinearMatMul / MatMulIntegerToFloat) still run when the session is created.
