@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.base import load_engine
 from tokenpose.files import atomic_write
 
@@ -59,23 +58,12 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     hw = next(iter(engines.values())).meta.input_hw
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, *hw)).astype(np.float32) for b in batches}
-    for engine in engines.values():  # warm-up: compiled graphs, allocator and arena growth
-        for b in batches:
-            engine(inputs[b])
-            engine(inputs[b])
-    times = {(name, b): [] for name in engines for b in batches}
-    faults = {(name, b): 0 for name in engines for b in batches}
     provenance = collect_provenance(threads=args.threads)
-    for r in range(args.rounds):
-        for name, engine in engines.items():
-            for b in batches:
-                time.sleep(args.settle_ms / 1e3)
-                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                t0 = time.perf_counter()
-                engine(inputs[b])
-                times[(name, b)].append(time.perf_counter() - t0)
-                faults[(name, b)] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-        print(f"round {r + 1}/{args.rounds}", flush=True)
+    # Two untimed rounds first: compiled graphs, allocator and arena growth.
+    times, faults = interleaved_call_times(
+        {(name, b): (lambda e=engine, x=inputs[b]: e(x)) for name, engine in engines.items() for b in batches},
+        args.rounds, warmup=2, settle_ms=args.settle_ms,
+        on_round=lambda r: print(f"round {r}/{args.rounds}", flush=True))
     provenance["load_average"]["end"] = list(os.getloadavg())
 
     rows = []

@@ -18,7 +18,6 @@ import argparse
 import json
 import re
 import statistics
-import time
 import types
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.aoti_engine import AotiEngine
 from tokenpose.engines.onnx_engine import OnnxEngine
 from tokenpose.engines.torch_engine import TorchEngine
@@ -44,8 +44,9 @@ AOTI_CONFIGS = {
 }
 
 
-def explicit_attention(self: Attention, x: torch.Tensor) -> torch.Tensor:
+def explicit_attention(self: Attention, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
     """The pre-SDPA forward: the (B, heads, N, N) probabilities are materialised."""
+    assert queries is None, "the explicit attention runs on a reference-form model (every token queries)"
     b, n, dim = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
     out = torch.matmul(self.probabilities(qkv[0], qkv[1]), qkv[2])
@@ -53,6 +54,8 @@ def explicit_attention(self: Attention, x: torch.Tensor) -> torch.Tensor:
 
 
 def with_explicit_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` as it computed before issue 13: explicit attention, every token of every layer."""
+    model.reference_form = True
     for m in model.modules():
         if isinstance(m, Attention):
             m.forward = types.MethodType(explicit_attention, m)
@@ -105,20 +108,6 @@ def _ops(path: Path) -> dict[str, int]:
     return op_counts(onnx.load(str(path), load_external_data=False))
 
 
-def time_interleaved(engines: dict, images: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call, per engine, after one untimed call each (compiles, allocates)."""
-    for engine in engines.values():
-        engine(images)
-    samples: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            time.sleep(0.05)  # let spinning thread pools of the previous engine sleep
-            t0 = time.perf_counter()
-            engine(images)
-            samples[name].append(time.perf_counter() - t0)
-    return samples
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="s-v2")
@@ -139,7 +128,7 @@ def main() -> None:
     rows = []
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, 3, *engines["onnx fp32"].meta.input_hw)).astype(np.float32)
-        samples = time_interleaved(engines, x, args.rounds)
+        samples, _ = interleaved_call_times({name: lambda e=e: e(x) for name, e in engines.items()}, args.rounds)
         onnx_ips = batch / statistics.median(samples["onnx fp32"])
         for name, s in samples.items():
             ips = batch / statistics.median(s)

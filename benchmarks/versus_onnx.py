@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.onnx_engine import OnnxEngine
 from tokenpose.files import atomic_write
 
@@ -51,22 +51,6 @@ class Baseline:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: x})[0]
-
-
-def time_interleaved(engines: dict, x: np.ndarray, warmup: int, rounds: int, settle_ms: float) -> dict[str, list[float]]:
-    """Median-ready call times per engine. Before each timed call the process idles `settle_ms`, so
-    that the previous engine's spin-waiting thread pool does not take the cores from the next one."""
-    for _ in range(warmup):
-        for run in engines.values():
-            run(x)
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, run in engines.items():
-            time.sleep(settle_ms / 1e3)
-            t0 = time.perf_counter()
-            run(x)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
@@ -97,7 +81,8 @@ def main() -> None:
                 raise SystemExit(f"{name}: max |heatmap diff| {diff:.3g} vs the baseline at batch {batch} is over "
                                  f"{limit:g}: not the same network (same weights?)")
             rows.append({"engine": name, "batch": batch, "max_abs_diff_vs_baseline": diff})
-        times = time_interleaved(engines, x, args.warmup, args.rounds, args.settle_ms)
+        times, _ = interleaved_call_times({name: lambda run=run: run(x) for name, run in engines.items()},
+                                          args.rounds, warmup=args.warmup, settle_ms=args.settle_ms)
         base = batch / statistics.median(times["baseline"])
         for row in rows[-len(engines):]:
             ips = batch / statistics.median(times[row["engine"]])

@@ -11,8 +11,9 @@ most the thread count: less means other processes took the cores) and the peak m
 
 from __future__ import annotations
 
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from tokenpose.bench.preparation import PreparedEngine
 from tokenpose.bench.results import failure_reason
 from tokenpose.bench.settings import BenchError, BenchSettings
 
-__all__ = ["Runner", "time_batch"]
+__all__ = ["Runner", "interleaved_call_times", "time_batch"]
 
 
 class Runner:
@@ -133,3 +134,36 @@ def time_batch(runners: list[Runner], settings: BenchSettings) -> None:
                     break
             elif rounds >= 2 and time.perf_counter() - start >= budget:
                 break
+
+
+def interleaved_call_times(
+    calls: Mapping[Hashable, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    settle_ms: float = 50.0,
+    on_round: Callable[[int], None] | None = None,
+) -> tuple[dict[Hashable, list[float]], dict[Hashable, int]]:
+    """Time each call once per round, in order, for the benchmark scripts: (seconds, minor faults).
+
+    `warmup` untimed rounds first (compiles, allocator and arena growth). Before each timed call
+    the process idles `settle_ms`, as `time_batch` does, so that the previous call's spin-waiting
+    thread pool does not take the cores. Returns the seconds of every timed call per key and the
+    minor page faults summed over a key's timed calls; `on_round(r)` after round r (1-based).
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    seconds: dict[Hashable, list[float]] = {key: [] for key in calls}
+    faults: dict[Hashable, int] = dict.fromkeys(calls, 0)
+    for r in range(rounds):
+        for key, call in calls.items():
+            time.sleep(settle_ms / 1e3)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            call()
+            seconds[key].append(time.perf_counter() - t0)
+            faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        if on_round is not None:
+            on_round(r + 1)
+    return seconds, faults

@@ -45,9 +45,10 @@ from tokenpose.models.tokenpose import TokenPose
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Eager PyTorch on a CPU runs one op at a time over the whole batch: past a few images every
 # intermediate (S-v2: 58 MB of MLP activations at batch 32) leaves the caches and each elementwise
-# op, copy and convolution pays for it (S-v2, 2 cores: batch 32 at 0.72x batch 1's images/s). In
-# micro-batches of 8 a call keeps batch 8's per-image speed, which is at or above batch 1's there
-# (benchmarks/README.md, torch path). Compiled engines fuse those ops and take the batch whole.
+# op, copy and convolution pays for it, and with glibc's default malloc every call also faults those
+# buffers in again (`cpu.retain_freed_memory`). S-v2, 2 cores, batch 32 / batch 1 images/s in one
+# interleaved run: whole batches 1.10 with the malloc policy (0.85 without), micro-batches of 8
+# 1.16 (1.04 without); benchmarks/README.md. Compiled engines fuse those ops and take the batch whole.
 CPU_MICRO_BATCH = 8
 
 # CPU flags (x86 /proc/cpuinfo names, then Arm's) any one of which runs the precision natively.
