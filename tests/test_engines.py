@@ -149,8 +149,9 @@ def test_onnx_engine_runs_the_fused_attention_graph_within_parity(tmp_path):
                                            verify_batches=(1, 2)), log=lambda _m: None).artifacts[0].path
     fused = load_engine(onnx_path, threads=1, spinning=False)
     plain = load_engine(onnx_path, threads=1, fusions=(), graph_optimization="basic")
-    assert fused.manifest["onnxruntime"]["fusions"] == ["attention"]
-    assert fused.session_settings["fused"] == {"attention": 1} and plain.session_settings["fusions"] == []
+    assert fused.manifest["onnxruntime"]["fusions"] == ["attention", "split_matmul", "quantized_relu"]
+    assert fused.session_settings["fused"] == {"attention": 1, "split_matmul": 1, "quantized_relu": 0}
+    assert plain.session_settings["fusions"] == []
     inputs, _, _ = real_crops(TINY)
     ref = load_engine(pth)(inputs)
     assert np.abs(fused(inputs) - ref).max() < 1e-4 and np.abs(plain(inputs) - ref).max() < 1e-4

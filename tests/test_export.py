@@ -235,7 +235,9 @@ def test_int8_model_pairs_uint8_activations_with_symmetric_per_channel_int8_weig
         n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.name not in kept)
     kernels = m.onnxruntime["kernels"]
     assert kernels.get("QLinearConv", 0) + kernels.get("MatMulIntegerToFloat", 0) >= len(quantized_mm), kernels
-    assert m.onnxruntime["fusions"] == ["attention"] and m.onnxruntime["fused"] == {"attention": 12}
+    assert m.onnxruntime["fusions"] == ["attention", "split_matmul", "quantized_relu"]
+    # T has no ReLU (its tokens are pixel patches): nothing for quantized_relu.
+    assert m.onnxruntime["fused"] == {"attention": 12, "split_matmul": 12, "quantized_relu": 0}
     cal = m.calibration
     assert cal["num_crops"] == 8 and cal["method"] == "minmax" and cal["kind"] == "coco"
     assert m.verification["vs_fp32"]["oks_mean"] > 0.5
@@ -628,3 +630,31 @@ def test_engine_flag_without_tensorrt_is_a_clear_error(tmp_path):
 def test_int8_settings_validate_method():
     with pytest.raises(ValueError, match="calibration method"):
         Int8Settings(method="magic")
+
+
+def test_int8_stem_model_runs_its_relus_as_the_clipping_of_the_next_quantize(tmp_path):
+    """A stem backbone's Conv -> Q -> DQ -> ReLU -> Q chains: the file keeps them (the GPU model is
+    derived from it), the CPU session folds each ReLU into the next Q (manifest `fused`), and the
+    INT8-vs-FP32 check of the export ran with that fold."""
+    from test_engines import TINY
+
+    from tokenpose.engines.base import load_engine
+    from tokenpose.export.fusion import apply_fusions
+    from tokenpose.export.onnx import runtime_kernels
+
+    cfg = dataclasses.replace(TINY, name="tiny-stem", backbone="stem", patch_hw=(4, 3))
+    summary = export_model(ExportOptions(variant=cfg, out_dir=tmp_path, int8=True, calib_data=COCO_JSON, calib_size=8,
+                                         engine=False, verify_batches=(1,)), log=lambda _m: None)
+    path = next(a.path for a in summary.artifacts if a.precision == "int8")
+    m = read_manifest(path)
+    folded = m.onnxruntime["fused"]["quantized_relu"]
+    model = onnx.load(str(path))
+    relus = sum(n.op_type == "Relu" for n in model.graph.node)
+    assert folded >= 2 and relus >= folded  # the file keeps every ReLU
+    assert m.verification["vs_fp32"]["oks_mean"] > 0.5
+    plain, _ = apply_fusions(model, ["attention", "split_matmul"])
+    fused, _ = apply_fusions(model)
+    dq_plain, dq_fused = (runtime_kernels(p).get("DequantizeLinear", 0) for p in (plain, fused))
+    assert dq_fused <= dq_plain - folded, (dq_plain, dq_fused)  # no float requantization left behind
+    engine = load_engine(path, threads=1)
+    assert engine.session_settings["fused"]["quantized_relu"] == folded
