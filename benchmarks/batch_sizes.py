@@ -17,7 +17,6 @@ An engine is a file with optional `load_engine` options after a colon (`x.pth:co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.base import load_engine
-from tokenpose.files import atomic_write
 
 
 def open_engine(spec: str, threads: int):
@@ -77,10 +76,7 @@ def main() -> None:
     result = {"engines": args.engine, "batches": batches, "rounds": args.rounds, "threads": args.threads,
               "settle_ms": args.settle_ms, "malloc": os.environ.get("TOKENPOSE_MALLOC") or "retain (default)",
               "rows": rows, "provenance": provenance}
-    with atomic_write(args.out.with_suffix(".json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with atomic_write(args.out.with_suffix(".md"), "w") as f:
-        f.write(markdown(result))
+    write_result_files(args.out, result, markdown(result))
     print(markdown(result))
 
 

@@ -12,7 +12,6 @@ both alike. Writes JSON + markdown with the CPU recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch_path import with_explicit_attention
 
 from tokenpose.bench.provenance import collect_provenance
-from tokenpose.files import atomic_write
+from tokenpose.bench.results import write_result_files
 from tokenpose.models import create_model
 from tokenpose.training.loss import JointsMSELoss
 
@@ -82,11 +81,8 @@ def main() -> None:
              "| attention | s/step | steps/s | images/s | x before |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['attention']} | {r['median_s_per_step']:.2f} | {r['steps_per_s']:.3f} | "
               f"{r['images_per_s']:.2f} | {r['steps_per_s'] / before:.2f} |" for r in rows]
-    with atomic_write(args.out.with_suffix(".json"), "w") as f:
-        json.dump({"variant": args.variant, "batch": args.batch, "device": args.device, "rows": rows,
-                   "provenance": provenance}, f, indent=1)
-    with atomic_write(args.out.with_suffix(".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_result_files(args.out, {"variant": args.variant, "batch": args.batch, "device": args.device, "rows": rows,
+                                  "provenance": provenance}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

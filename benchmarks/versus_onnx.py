@@ -15,21 +15,23 @@ that computes something else is refused.
     .venv/bin/python benchmarks/versus_onnx.py --baseline official_s-v2.onnx \
         --engine engines/tokenpose_s-v2_fp32.onnx --engine engines/tokenpose_s-v2_int8.onnx \
         --batches 1,8 --out benchmarks/results/versus_official_s-v2
+
+`--also-fusions attention` adds each artifact a second time, run with only those CPU graph
+rewrites (`tokenpose.export.fusion`), so that a new rewrite is measured beside the old set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.onnx_engine import OnnxEngine
-from tokenpose.files import atomic_write
 
 # Largest max |heatmap diff| against the baseline accepted per precision (FP32 must be the same network).
 PARITY = {"fp32": 1e-4, "fp16": 5e-2, "int8": 0.25}
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle pause before each timed call")
+    ap.add_argument("--also-fusions", default=None,
+                    help="comma list of CPU fusions: also run each artifact with only these ('' for none)")
     ap.add_argument("--out", type=Path, required=True, help="results prefix: writes PREFIX.json and PREFIX.md")
     args = ap.parse_args()
 
@@ -69,6 +73,10 @@ def main() -> None:
     for path in args.engine:
         engine = OnnxEngine.from_file(path, device="cpu", threads=args.threads)
         engines[f"tokenpose {engine.precision}"] = engine
+        if args.also_fusions is not None:
+            fusions = [f for f in args.also_fusions.split(",") if f]
+            other = OnnxEngine.from_file(path, device="cpu", threads=args.threads, fusions=fusions)
+            engines[f"tokenpose {engine.precision} ({'+'.join(fusions) or 'no fusions'})"] = other
     meta = next(e for e in engines.values() if isinstance(e, OnnxEngine)).meta
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -86,19 +94,25 @@ def main() -> None:
         base = batch / statistics.median(times["baseline"])
         for row in rows[-len(engines):]:
             ips = batch / statistics.median(times[row["engine"]])
-            row.update(images_per_s=ips, x_baseline=ips / base, median_ms=1e3 * statistics.median(times[row["engine"]]))
+            # Paired: the baseline's call over this engine's call in the same round, so that a drift
+            # of the machine's speed between rounds cancels; the median and the quartiles of those.
+            ratios = [b / t for b, t in zip(times["baseline"], times[row["engine"]])]
+            paired = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+            row.update(images_per_s=ips, x_baseline=ips / base, median_ms=1e3 * statistics.median(times[row["engine"]]),
+                       x_baseline_paired=paired[1], x_baseline_paired_iqr=[paired[0], paired[2]])
         for row in rows[-len(engines):]:
             print(f"batch {batch:3d}  {row['engine']:<18} {row['images_per_s']:7.2f} img/s  "
-                  f"x baseline {row['x_baseline']:.2f}  max|diff| {row['max_abs_diff_vs_baseline']:.2e}")
+                  f"x baseline {row['x_baseline']:.2f} (paired {row['x_baseline_paired']:.2f}, quartiles "
+                  f"{row['x_baseline_paired_iqr'][0]:.2f} - {row['x_baseline_paired_iqr'][1]:.2f})  "
+                  f"max|diff| {row['max_abs_diff_vs_baseline']:.2e}")
 
     provenance = collect_provenance(threads=args.threads)
     result = {"baseline": str(args.baseline), "engines": [str(p) for p in args.engine], "threads": args.threads,
-              "warmup": args.warmup, "rounds": args.rounds, "settle_ms": args.settle_ms, "rows": rows, "provenance": provenance}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.out.with_suffix(".json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with atomic_write(args.out.with_suffix(".md"), "w") as f:
-        f.write(markdown(result))
+              "fusions": {name: e.session_settings.get("fused", {}) for name, e in engines.items()
+                          if isinstance(e, OnnxEngine)},
+              "warmup": args.warmup, "rounds": args.rounds, "settle_ms": args.settle_ms, "rows": rows,
+              "provenance": provenance}
+    write_result_files(args.out, result, markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -110,8 +124,13 @@ def markdown(result: dict) -> str:
              f"Machine: {cpu['model']}, {cpu['affinity_cores']} of {cpu['logical_cores']} logical cores "
              f"({', '.join(cpu['flags'])}); onnxruntime {versions['onnxruntime']}, torch {versions['torch']}; "
              f"1-min load average at start {result['provenance']['load_average']['start'][0]:.2f}.", "",
-             "| batch | engine | images/s | x baseline | max abs diff vs baseline |", "|---|---|---|---|---|"]
+             "\"x baseline\" divides the medians; \"paired\" is the median of the per-round ratios (the baseline's "
+             "call over the engine's in the same round: drift between rounds cancels), with its quartiles.", "",
+             "| batch | engine | images/s | x baseline | paired (quartiles) | max abs diff vs baseline |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['engine']} | {r['images_per_s']:.2f} | {r['x_baseline']:.2f}x | "
+              f"{r['x_baseline_paired']:.2f}x ({r['x_baseline_paired_iqr'][0]:.2f} - "
+              f"{r['x_baseline_paired_iqr'][1]:.2f}) | "
               f"{r['max_abs_diff_vs_baseline']:.2e} |" for r in result["rows"]]
     return "\n".join(lines) + "\n"
 

@@ -61,9 +61,20 @@ __all__ = [
     "failure_reason",
     "fill_speedups",
     "latency_stats",
+    "write_result_files",
 ]
 
 SCHEMA = "tokenpose-bench/1"
+
+
+def write_result_files(prefix: Path, result: dict[str, Any], markdown: str) -> None:
+    """A benchmark script's results: PREFIX.json (`result`) and PREFIX.md (`markdown`), each written
+    atomically, the folder made if needed."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(prefix.with_suffix(".json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with atomic_write(prefix.with_suffix(".md"), "w") as f:
+        f.write(markdown)
 
 
 def failure_reason(exc: BaseException, limit: int | None = 500) -> str:

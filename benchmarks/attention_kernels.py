@@ -1,0 +1,160 @@
+"""One attention layer of a variant in every CPU kernel we can reach, beside a dense GEMM of the same run.
+
+Issue 13's INT8 and AOTInductor targets both stop at the attention: it is 44% of the FP32 ONNX
+model's kernel time and 62% of the INT8 model's (float32 in both) at batch 8, and it runs well below
+the dense MatMuls' rate. This script times the attention of one transformer layer (all tokens query,
+the variant's heads and head size, seeded q, k, v) in each form available here, interleaved call by
+call, and the layer's qkv projection as a dense GEMM in the same rounds:
+
+- `ort MultiHeadAttention`: the `com.microsoft` op our CPU sessions run (`tokenpose.export.fusion`);
+- `ort MatMul+Softmax+MatMul`: the plain ONNX graph (the exporter's output, unfused);
+- `ort Attention (opset 23)`: the standard op, where this onnxruntime has it;
+- `torch sdpa (flash)`: `scaled_dot_product_attention`, what the torch / AOTInductor engines run;
+- `torch matmul+softmax`: the explicit computation in eager PyTorch.
+
+GFLOP/s counts the two matmuls (4 * B * heads * S^2 * head_dim); "x dense" divides it by the GEMM
+row's GFLOP/s: how far the attention is from the rate the Linear layers reach on this machine.
+
+    .venv/bin/python benchmarks/attention_kernels.py --variant s-v2 --batch 8 \
+        --out benchmarks/results/attention_kernels_s-v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.results import write_result_files
+from tokenpose.bench.timing import interleaved_call_times
+from tokenpose.models.config import ModelConfig, get_config
+
+
+def layer_shape(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(tokens, heads, head size) of one transformer layer of `cfg`."""
+    (fh, fw), (ph, pw) = cfg.feature_hw, cfg.patch_hw
+    return cfg.num_joints + (fh // ph) * (fw // pw), cfg.heads, cfg.head_dim
+
+
+def _session(nodes: list, inputs: dict[str, list], opset: int, threads: int, initializers=()):
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()]
+    graph = helper.make_graph(nodes, "g", values, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              list(initializers))
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    model = helper.make_model(graph, opset_imports=opsets)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def kernels(batch: int, tokens: int, heads: int, head: int, scale: float, threads: int) -> dict:
+    """name -> (call, output as (B, S, heads * head)) for every attention form this machine runs."""
+    rng = np.random.default_rng(0)
+    dim = heads * head
+    q, k, v = (rng.standard_normal((batch, tokens, dim)).astype(np.float32) for _ in range(3))
+    split = [a.reshape(batch, tokens, heads, head).transpose(0, 2, 1, 3).copy() for a in (q, k, v)]
+    flat = {"q": q, "k": k, "v": v}
+    four = dict(zip("qkv", split))
+    shape3, shape4 = [batch, tokens, dim], [batch, heads, tokens, head]
+    merge = lambda y: y.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)  # noqa: E731
+    out: dict = {}
+
+    mha = _session([helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft",
+                                     num_heads=heads, scale=scale)], dict.fromkeys("qkv", shape3), 17, threads)
+    out["ort MultiHeadAttention"] = (lambda: mha.run(None, flat)[0], lambda y: y)
+    scale_init = onnx.numpy_helper.from_array(np.array(scale, np.float32), "scale")
+    plain = _session([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                      helper.make_node("MatMul", ["q", "kt"], ["s0"]),
+                      helper.make_node("Mul", ["s0", "scale"], ["s"]),
+                      helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                      helper.make_node("MatMul", ["p", "v"], ["y"])],
+                     dict.fromkeys("qkv", shape4), 17, threads, [scale_init])
+    out["ort MatMul+Softmax+MatMul"] = (lambda: plain.run(None, four)[0], merge)
+    try:
+        std = _session([helper.make_node("Attention", ["q", "k", "v"], ["y"], scale=scale)],
+                       dict.fromkeys("qkv", shape4), 23, threads)
+        out["ort Attention (opset 23)"] = (lambda: std.run(None, four)[0], merge)
+    except Exception as exc:  # noqa: BLE001 - an onnxruntime without opset 23 says so in its own error types
+        print(f"ort Attention (opset 23): not available here ({str(exc).splitlines()[0][:120]})")
+    tq, tk, tv = (torch.from_numpy(a) for a in split)
+
+    def sdpa():
+        with torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=scale).numpy()
+
+    def explicit():
+        with torch.no_grad():
+            return (torch.softmax(tq @ tk.transpose(-1, -2) * scale, -1) @ tv).numpy()
+
+    out["torch sdpa (flash)"] = (sdpa, merge)
+    out["torch matmul+softmax"] = (explicit, merge)
+    return out
+
+
+def dense_gemm(batch: int, tokens: int, dim: int, threads: int):
+    """The layer's qkv projection, (B * S, dim) x (dim, 3 * dim), as one ONNX Runtime MatMul."""
+    rng = np.random.default_rng(1)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((dim, 3 * dim)).astype(np.float32), "w")
+    session = _session([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": [batch * tokens, dim]}, 17, threads, [w])
+    x = rng.standard_normal((batch * tokens, dim)).astype(np.float32)
+    return lambda: session.run(None, {"x": x}), 2.0 * batch * tokens * dim * 3 * dim
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="s-v2")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--out", type=Path, required=True, help="results prefix: writes PREFIX.json and PREFIX.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = get_config(args.variant)
+    tokens, heads, head = layer_shape(cfg)
+    forms = kernels(args.batch, tokens, heads, head, cfg.attn_scale, args.threads)
+    reference = forms["ort MultiHeadAttention"][0]()
+    for name, (call, as_bsd) in forms.items():
+        diff = float(np.abs(as_bsd(call()) - reference).max())
+        if diff > 1e-4:
+            raise SystemExit(f"{name}: differs from MultiHeadAttention by {diff:.3g}: not the same attention")
+    gemm, gemm_flop = dense_gemm(args.batch, tokens, heads * head, args.threads)
+    calls = {"dense GEMM (qkv projection)": gemm, **{name: call for name, (call, _) in forms.items()}}
+    times, _ = interleaved_call_times(calls, args.rounds)
+    attention_flop = 4.0 * args.batch * heads * tokens * tokens * head
+    gemm_rate = gemm_flop / statistics.median(times["dense GEMM (qkv projection)"]) / 1e9
+    rows = []
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        rate = (gemm_flop if name.startswith("dense") else attention_flop) / median / 1e9
+        rows.append({"kernel": name, "median_ms": 1e3 * median, "min_ms": 1e3 * min(seconds), "gflops": rate,
+                     "x_dense": rate / gemm_rate})
+        print(f"{name:<30} {1e3 * median:8.2f} ms  {rate:7.1f} GFLOP/s  x dense {rate / gemm_rate:.2f}")
+    result = {"variant": cfg.name, "batch": args.batch, "tokens": tokens, "heads": heads, "head_dim": head,
+              "threads": args.threads, "rounds": args.rounds, "rows": rows,
+              "provenance": collect_provenance(threads=args.threads)}
+    write_result_files(args.out, result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    cpu, versions = result["provenance"]["cpu"], result["provenance"]["versions"]
+    lines = [f"One attention layer of {result['variant']}: batch {result['batch']}, {result['tokens']} tokens, "
+             f"{result['heads']} heads of {result['head_dim']}; {result['threads']} threads, {result['rounds']} "
+             "interleaved rounds, median.", "",
+             f"Machine: {cpu['model']} ({', '.join(cpu['flags'])}); onnxruntime {versions['onnxruntime']}, "
+             f"torch {versions['torch']}.", "",
+             "| kernel | ms | GFLOP/s | x dense GEMM rate |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['kernel']} | {r['median_ms']:.2f} | {r['gflops']:.1f} | {r['x_dense']:.2f} |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
