@@ -27,8 +27,9 @@ manifest records which ones an artifact was verified with (`onnxruntime` field).
   Q's saturation at zero is the ReLU, and the Conv's own Q/DQ pair goes. ONNX Runtime fused the
   ReLU away but kept that pair as a float requantization between two QLinearConvs (a
   DequantizeLinear and a QuantizeLinear over every feature map: 4% of the S-v2 INT8 model's kernel
-  time at batch 8; B's HRNet INT8 model runs 12% faster without its 72 pairs). One rounding instead of two: closer to float32, not bit-identical, so
-  the export's INT8-vs-FP32 check runs with it. The file keeps the ReLU (the GPU model is derived
+  time at batch 8; B's HRNet INT8 model runs 12% faster without its 72 pairs). One rounding
+  instead of two: closer to float32, not bit-identical, so the export's INT8-vs-FP32 check runs
+  with it. The file keeps the ReLU (the GPU model is derived
   from it with symmetric int8 ranges, where a Q cannot stand in for the ReLU).
 
 ONNX Runtime's own level-2 fusions (GELU, LayerNorm, MatMul + Add, Q/DQ into QLinearConv /
