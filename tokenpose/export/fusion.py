@@ -180,7 +180,8 @@ def _match_attention(g: _Graph, softmax) -> _Attention | None:
     q, q_scale = _strip_scalar_muls(g, qk.input[0], nodes)
     kt, k_scale = _strip_scalar_muls(g, qk.input[1], nodes)
     k_transpose = g.producer.get(kt)
-    if k_transpose is None or k_transpose.op_type != "Transpose" or list(_attr(k_transpose, "perm", [])) != [0, 1, 3, 2]:
+    if (k_transpose is None or k_transpose.op_type != "Transpose"
+            or list(_attr(k_transpose, "perm", [])) != [0, 1, 3, 2]):
         return None
     found = _sources(g, q, k_transpose.input[0], pv.input[1])
     if found is None:
