@@ -29,8 +29,8 @@ manifest records which ones an artifact was verified with (`onnxruntime` field).
   DequantizeLinear and a QuantizeLinear over every feature map: 4% of the S-v2 INT8 model's kernel
   time at batch 8; B's HRNet INT8 model runs 12% faster without its 72 pairs). One rounding
   instead of two: closer to float32, not bit-identical, so the export's INT8-vs-FP32 check runs
-  with it. The file keeps the ReLU (the GPU model is derived
-  from it with symmetric int8 ranges, where a Q cannot stand in for the ReLU).
+  with it. The file keeps the ReLU (the GPU model is derived from it with symmetric int8 ranges,
+  where a Q cannot stand in for the ReLU).
 
 ONNX Runtime's own level-2 fusions (GELU, LayerNorm, MatMul + Add, Q/DQ into QLinearConv /
 QLinearMatMul / MatMulIntegerToFloat) still run when the session is created.
@@ -253,11 +253,9 @@ def _rebuilt(graph, nodes: list, replaced: dict[int, list], removed: set[int]) -
     graph.node.extend(kept)
 
 
-def _split_weight(g: _Graph, matmul, initializers: dict):
+def _split_weight(g: _Graph, matmul, initializers: set[str]):
     """(weight initializer name, its DequantizeLinear or None, per-column quantization) of a MatMul
     whose second input is a 2-D constant read by it alone, else None."""
-    from onnx import numpy_helper
-
     weight, dq = matmul.input[1], None
     if weight not in initializers:
         dq = g.producer.get(weight)
@@ -265,11 +263,11 @@ def _split_weight(g: _Graph, matmul, initializers: dict):
                 or any(i not in initializers for i in dq.input if i)):
             return None
         weight = dq.input[0]
-    if len(initializers[weight].dims) != 2 or g.only_consumer(weight) is None:
+    if g.const[weight].ndim != 2 or g.only_consumer(weight) is None:
         return None
-    params = [numpy_helper.to_array(initializers[i]) for i in (dq.input[1:] if dq is not None else []) if i]
+    params = [g.const[i] for i in (dq.input[1:] if dq is not None else []) if i]
     per_column = any(p.size > 1 for p in params)
-    if per_column and (_attr(dq, "axis", 1) != 1 or any(p.size != initializers[weight].dims[1] for p in params)):
+    if per_column and (_attr(dq, "axis", 1) != 1 or any(p.size != g.const[weight].shape[1] for p in params)):
         return None
     return weight, dq, per_column
 
@@ -281,13 +279,13 @@ def split_matmuls(proto) -> tuple[object, int]:
     only when the split sizes add up to the weight's columns; anything else is left as it is.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     graph = proto.graph
     nodes = list(graph.node)
     g = _Graph(graph, nodes)
-    initializers = {i.name: i for i in graph.initializer}
+    initializers = {i.name for i in graph.initializer}
     replaced: dict[int, list] = {}
     removed: set[int] = set()
     cut_whole: set[str] = set()
@@ -298,7 +296,7 @@ def split_matmuls(proto) -> tuple[object, int]:
         if found is None or sizes is None or g.only_consumer(matmul.output[0]) is None:
             continue
         weight, dq, per_column = found
-        w = numpy_helper.to_array(initializers[weight])
+        w = g.const[weight]
         if _attr(split, "axis", 0) != -1 or int(sizes.sum()) != w.shape[1]:
             continue
         parts, start = [], 0
@@ -306,8 +304,7 @@ def split_matmuls(proto) -> tuple[object, int]:
             cut = lambda name, a, j=j: _add_initializer(graph, f"{name}/part{j}", a)
             part = cut(weight, w[:, start:start + size])
             if dq is not None:
-                params = [cut(i, numpy_helper.to_array(initializers[i])[start:start + size]) if per_column and i
-                          else i for i in dq.input[1:]]
+                params = [cut(i, g.const[i][start:start + size]) if per_column and i else i for i in dq.input[1:]]
                 axis = {"axis": 1} if per_column else {}
                 parts.append(helper.make_node("DequantizeLinear", [part, *params], [f"{dq.output[0]}/part{j}"],
                                               name=f"{dq.name or dq.output[0]}/part{j}", **axis))
