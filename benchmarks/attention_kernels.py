@@ -32,6 +32,7 @@ import torch
 from onnx import TensorProto, helper
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.models.config import ModelConfig, get_config
@@ -144,12 +145,10 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    cpu, versions = result["provenance"]["cpu"], result["provenance"]["versions"]
     lines = [f"One attention layer of {result['variant']}: batch {result['batch']}, {result['tokens']} tokens, "
              f"{result['heads']} heads of {result['head_dim']}; {result['threads']} threads, {result['rounds']} "
              "interleaved rounds, median.", "",
-             f"Machine: {cpu['model']} ({', '.join(cpu['flags'])}); onnxruntime {versions['onnxruntime']}, "
-             f"torch {versions['torch']}.", "",
+             f"Machine: {machine_line(result)}", "",
              "| kernel | ms | GFLOP/s | x dense GEMM rate |", "|---|---:|---:|---:|"]
     lines += [f"| {r['kernel']} | {r['median_ms']:.2f} | {r['gflops']:.1f} | {r['x_dense']:.2f} |"
               for r in result["rows"]]

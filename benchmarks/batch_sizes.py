@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.base import load_engine
@@ -70,26 +71,25 @@ def main() -> None:
         base = 1 / statistics.median(times[(name, batches[0])]) * batches[0]
         for b in batches:
             ips = b / statistics.median(times[(name, b)])
-            rows.append({"engine": name, "batch": b, "images_per_s": ips, "best_images_per_s": b / min(times[(name, b)]),
-                         f"x_batch_{batches[0]}": ips / base, "minor_faults_per_image": faults[(name, b)] / b / args.rounds,
-                         "seconds": times[(name, b)]})
+            rows.append({"engine": name, "batch": b, "images_per_s": ips,
+                         "best_images_per_s": b / min(times[(name, b)]), f"x_batch_{batches[0]}": ips / base,
+                         "minor_faults_per_image": faults[(name, b)] / b / args.rounds, "seconds": times[(name, b)]})
     result = {"engines": args.engine, "batches": batches, "rounds": args.rounds, "threads": args.threads,
               "settle_ms": args.settle_ms, "malloc": os.environ.get("TOKENPOSE_MALLOC") or "retain (default)",
               "rows": rows, "provenance": provenance}
-    write_result_files(args.out, result, markdown(result))
-    print(markdown(result))
+    table = markdown(result)
+    write_result_files(args.out, result, table)
+    print(table)
 
 
 def markdown(result: dict) -> str:
-    cpu, p = result["provenance"]["cpu"], result["provenance"]
     first = result["batches"][0]
-    lines = [f"{result['rounds']} rounds, batch sizes {', '.join(map(str, result['batches']))} interleaved call by call "
-             f"({result['settle_ms']:g} ms idle before each call), {result['threads']} threads, median call time; "
+    lines = [f"{result['rounds']} rounds, batch sizes {', '.join(map(str, result['batches']))} interleaved call by "
+             f"call ({result['settle_ms']:g} ms idle before each call), {result['threads']} threads, median call time; "
              f"malloc policy: {result['malloc']}.", "",
-             f"Machine: {cpu['model']}, {cpu['affinity_cores']} of {cpu['logical_cores']} logical cores "
-             f"({', '.join(cpu['flags'])}); torch {p['versions']['torch']}, onnxruntime {p['versions']['onnxruntime']}; "
-             f"1-min load average {p['load_average']['start'][0]:.2f} at start, {p['load_average']['end'][0]:.2f} at end.",
-             "", f"| engine | batch | images/s (median) | images/s (best call) | x batch {first} | minor page faults / image |",
+             f"Machine: {machine_line(result)}", "",
+             f"| engine | batch | images/s (median) | images/s (best call) | x batch {first} "
+             "| minor page faults / image |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['engine']} | {r['batch']} | {r['images_per_s']:.2f} | {r['best_images_per_s']:.2f} | "
               f"{r[f'x_batch_{first}']:.2f} | {r['minor_faults_per_image']:.0f} |" for r in result["rows"]]

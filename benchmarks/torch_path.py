@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.report import machine_line
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.aoti_engine import AotiEngine
 from tokenpose.engines.onnx_engine import OnnxEngine
@@ -141,11 +142,8 @@ def main() -> None:
 
 
 def write(result: dict, out: Path) -> None:
-    cpu = result["provenance"]["cpu"]
     lines = [f"# Torch path: {result['variant']}, interleaved, median of {result['rounds']} calls", "",
-             (f"CPU: {cpu['model']}, {cpu['affinity_cores']} usable cores, flags {' '.join(cpu['flags'])}; "
-              f"torch {result['provenance']['versions'].get('torch')}; load average "
-              f"{result['provenance']['load_average']}"), "",
+             machine_line(result), "",
              "| engine | batch | median ms | images/s | x ONNX FP32 | x batch 1 (img/s) |", "|---|---:|---:|---:|---:|---:|"]
     first = {r["engine"]: r["images_per_s"] for r in result["rows"] if r["batch"] == min(x["batch"] for x in result["rows"])}
     for r in result["rows"]:

@@ -20,6 +20,7 @@ import torch
 from torch_path import with_explicit_attention
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.models import create_model
 from tokenpose.training.loss import JointsMSELoss
@@ -73,11 +74,9 @@ def main() -> None:
              "images_per_s": args.batch / statistics.median(s)} for name, s in samples.items()]
     before = rows[0]["steps_per_s"]
     provenance = collect_provenance()
-    cpu = provenance["cpu"]
     lines = [(f"# Training steps/s, {args.variant}, batch {args.batch}, {args.device}, median of {args.steps} "
               "interleaved steps"), "",
-             (f"CPU: {cpu['model']}, {cpu['affinity_cores']} usable cores, flags {' '.join(cpu['flags'])}; "
-              f"torch {provenance['versions'].get('torch')}"), "",
+             machine_line({"provenance": provenance}), "",
              "| attention | s/step | steps/s | images/s | x before |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['attention']} | {r['median_s_per_step']:.2f} | {r['steps_per_s']:.3f} | "
               f"{r['images_per_s']:.2f} | {r['steps_per_s'] / before:.2f} |" for r in rows]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenpose.bench.provenance import collect_provenance
+from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
 from tokenpose.engines.onnx_engine import OnnxEngine
@@ -117,13 +118,10 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     """The results table with the machine it was measured on."""
-    cpu, versions = result["provenance"]["cpu"], result["provenance"]["versions"]
-    lines = [f"Baseline: `{Path(result['baseline']).name}` in a plain ONNX Runtime session; {result['threads']} threads, "
-             f"{result['warmup']} warm-up + {result['rounds']} interleaved rounds ({result['settle_ms']:g} ms idle before "
-             "each call), median call time.", "",
-             f"Machine: {cpu['model']}, {cpu['affinity_cores']} of {cpu['logical_cores']} logical cores "
-             f"({', '.join(cpu['flags'])}); onnxruntime {versions['onnxruntime']}, torch {versions['torch']}; "
-             f"1-min load average at start {result['provenance']['load_average']['start'][0]:.2f}.", "",
+    lines = [f"Baseline: `{Path(result['baseline']).name}` in a plain ONNX Runtime session; {result['threads']} "
+             f"threads, {result['warmup']} warm-up + {result['rounds']} interleaved rounds ({result['settle_ms']:g} ms "
+             "idle before each call), median call time.", "",
+             f"Machine: {machine_line(result)}", "",
              "\"x baseline\" divides the medians; \"paired\" is the median of the per-round ratios (the baseline's "
              "call over the engine's in the same round: drift between rounds cancels), with its quartiles.", "",
              "| batch | engine | images/s | x baseline | paired (quartiles) | max abs diff vs baseline |",

@@ -126,6 +126,7 @@ def run_once(video: Path, out: Path, pose_engine: Path, boxes: np.ndarray, det_e
 
 def main() -> None:
     from tokenpose.bench.provenance import collect_provenance
+    from tokenpose.bench.report import machine_line
     from tokenpose.export.pipeline import ExportOptions, export_model
     from tokenpose.models.checkpoints import read_checkpoint
     from tokenpose.models.config import ModelConfig
@@ -152,9 +153,8 @@ def main() -> None:
     info = {"pose": f"{args.pose.name} ({cfg.name}, {cfg.input_hw[0]}x{cfg.input_hw[1]}) ONNX FP32",
             "detector": DETECTOR.name, "frame_hw": FRAME_HW, "frames": args.frames,
             "provenance": collect_provenance()}
-    cpu = info["provenance"]["cpu"]
     lines = [f"# Video pipeline: detect + pose + track + draw ({info['pose']}, detector {DETECTOR.name})", "",
-             f"CPU: {cpu['model']}, {cpu['logical_cores']} cores, flags {' '.join(cpu['flags'])}", "",
+             machine_line(info), "",
              "| people/frame | det every | frames/s | detector frames | tracks | detection | pose | tracking | "
              "drawing | other |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
