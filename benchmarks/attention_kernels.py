@@ -13,7 +13,10 @@ call, and the layer's qkv projection as a dense GEMM in the same rounds:
 - `torch matmul+softmax`: the explicit computation in eager PyTorch.
 
 GFLOP/s counts the two matmuls (4 * B * heads * S^2 * head_dim); "x dense" divides it by the GEMM
-row's GFLOP/s: how far the attention is from the rate the Linear layers reach on this machine.
+row's GFLOP/s: how far the attention is from the rate the Linear layers reach on this machine. The
+same projection in INT8 (`MatMulInteger`) gives the INT8 GEMM speed-up, and a sweep of
+`MultiHeadAttention` over head sizes splits its time into the matmuls and a part that no faster
+matmul removes (the softmax): together, the best an INT8 attention kernel could do here.
 
     .venv/bin/python benchmarks/attention_kernels.py --variant s-v2 --batch 8 \
         --out benchmarks/results/attention_kernels_s-v2
@@ -109,12 +112,51 @@ def dense_gemm(batch: int, tokens: int, dim: int, threads: int):
     return lambda: session.run(None, {"x": x}), 2.0 * batch * tokens * dim * 3 * dim
 
 
+def dense_gemm_int8(batch: int, tokens: int, dim: int, threads: int):
+    """The same projection as `dense_gemm` in INT8: uint8 activations x int8 weights -> int32
+    (`MatMulInteger`, the MLAS u8s8 kernel under the INT8 model's MatMulIntegerToFloat)."""
+    rng = np.random.default_rng(2)
+    w = onnx.numpy_helper.from_array(rng.integers(-127, 128, (dim, 3 * dim)).astype(np.int8), "w")
+    values = [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch * tokens, dim])]
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "g", values,
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)], [w])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 256, (batch * tokens, dim)).astype(np.uint8)
+    return lambda: session.run(None, {"x": x})
+
+
+def head_size_sweep(batch: int, tokens: int, heads: int, sizes: list[int], scale: float, threads: int,
+                    rounds: int) -> dict:
+    """ONNX Runtime's MultiHeadAttention at several head sizes (same tokens and heads), interleaved,
+    and the least-squares line ms = fixed + per_dim * head size through them. The two matmuls grow
+    with the head size; the softmax over the (tokens x tokens) logits and the loop around it do not,
+    so `fixed_ms` is what the kernel costs however fast its matmuls were."""
+    rng = np.random.default_rng(3)
+    calls = {}
+    for d in sizes:
+        session = _session([helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft",
+                                             num_heads=heads, scale=scale)],
+                           {n: [batch, tokens, heads * d] for n in "qkv"}, 17, threads)
+        feeds = {n: rng.standard_normal((batch, tokens, heads * d)).astype(np.float32) for n in "qkv"}
+        calls[d] = lambda s=session, f=feeds: s.run(None, f)
+    times, _ = interleaved_call_times(calls, rounds)
+    ms = np.array([1e3 * statistics.median(times[d]) for d in sizes])
+    per_dim, fixed = np.polyfit(np.array(sizes, float), ms, 1)
+    return {"rows": [{"head_dim": d, "median_ms": float(m)} for d, m in zip(sizes, ms)],
+            "fixed_ms": float(fixed), "ms_per_head_dim": float(per_dim)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", default="s-v2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--head-sizes", default="8,16,24,32,48",
+                    help="head sizes of the MultiHeadAttention sweep ('' to skip it)")
     ap.add_argument("--out", type=Path, required=True, help="results prefix: writes PREFIX.json and PREFIX.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +169,9 @@ def main() -> None:
         if diff > 1e-4:
             raise SystemExit(f"{name}: differs from MultiHeadAttention by {diff:.3g}: not the same attention")
     gemm, gemm_flop = dense_gemm(args.batch, tokens, heads * head, args.threads)
-    calls = {"dense GEMM (qkv projection)": gemm, **{name: call for name, (call, _) in forms.items()}}
+    calls = {"dense GEMM (qkv projection)": gemm,
+             "dense GEMM, INT8 (MatMulInteger)": dense_gemm_int8(args.batch, tokens, heads * head, args.threads),
+             **{name: call for name, (call, _) in forms.items()}}
     times, _ = interleaved_call_times(calls, args.rounds)
     attention_flop = 4.0 * args.batch * heads * tokens * tokens * head
     gemm_rate = gemm_flop / statistics.median(times["dense GEMM (qkv projection)"]) / 1e9
@@ -141,6 +185,18 @@ def main() -> None:
     result = {"variant": cfg.name, "batch": args.batch, "tokens": tokens, "heads": heads, "head_dim": head,
               "threads": args.threads, "rounds": args.rounds, "rows": rows,
               "provenance": collect_provenance(threads=args.threads)}
+    sizes = [int(d) for d in args.head_sizes.split(",") if d]
+    if len(sizes) >= 2:
+        sweep = head_size_sweep(args.batch, tokens, heads, sizes, cfg.attn_scale, args.threads, args.rounds)
+        int8_speedup = (statistics.median(times["dense GEMM (qkv projection)"])
+                        / statistics.median(times["dense GEMM, INT8 (MatMulInteger)"]))
+        # The fastest INT8 attention this machine's kernels allow: the head-size-independent part as
+        # it is, the matmul part at the INT8 GEMM's speed-up (no such fused kernel exists in ORT).
+        sweep["int8_gemm_speedup"] = float(int8_speedup)
+        sweep["int8_attention_bound_ms"] = sweep["fixed_ms"] + sweep["ms_per_head_dim"] * head / int8_speedup
+        result["head_size_sweep"] = sweep
+        print(f"MultiHeadAttention: {sweep['fixed_ms']:.2f} ms + {sweep['ms_per_head_dim']:.3f} ms x head size; "
+              f"with INT8 matmuls ({int8_speedup:.2f}x) at best {sweep['int8_attention_bound_ms']:.2f} ms")
     write_result_files(args.out, result, markdown(result))
 
 
@@ -152,6 +208,17 @@ def markdown(result: dict) -> str:
              "| kernel | ms | GFLOP/s | x dense GEMM rate |", "|---|---:|---:|---:|"]
     lines += [f"| {r['kernel']} | {r['median_ms']:.2f} | {r['gflops']:.1f} | {r['x_dense']:.2f} |"
               for r in result["rows"]]
+    sweep = result.get("head_size_sweep")
+    if sweep:
+        lines += ["", (f"`MultiHeadAttention` at other head sizes ({result['heads']} heads, {result['tokens']} "
+                       "tokens), interleaved:"), "", "| head size | ms |", "|---:|---:|"]
+        lines += [f"| {r['head_dim']} | {r['median_ms']:.2f} |" for r in sweep["rows"]]
+        head = result["head_dim"]
+        lines += ["", (f"Least-squares line: {sweep['fixed_ms']:.2f} ms + {sweep['ms_per_head_dim']:.3f} ms x head "
+                       f"size. At head size {head} the matmuls are {sweep['ms_per_head_dim'] * head:.2f} ms and the "
+                       f"rest (softmax, loop) {sweep['fixed_ms']:.2f} ms. With the matmuls at the INT8 GEMM's "
+                       f"speed-up ({sweep['int8_gemm_speedup']:.2f}x) and the rest unchanged, an INT8 attention "
+                       f"would take at best {sweep['int8_attention_bound_ms']:.2f} ms.")]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tokenpose.models.config import get_config
 
@@ -38,12 +39,20 @@ def test_all_attention_forms_agree_with_a_numpy_reference():
 
 def test_script_writes_its_table(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--variant", "s-v2", "--batch", "1", "--rounds", "1",
-                           "--threads", "1", "--out", str(tmp_path / "att")], capture_output=True, text=True,
-                          timeout=300)
+                           "--threads", "1", "--head-sizes", "8,24", "--out", str(tmp_path / "att")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "att.json").read_text())
     kernels = {r["kernel"]: r for r in result["rows"]}
     assert "dense GEMM (qkv projection)" in kernels and "ort MultiHeadAttention" in kernels
     assert kernels["dense GEMM (qkv projection)"]["x_dense"] == 1.0
     assert all(r["gflops"] > 0 for r in kernels.values())
-    assert "| ort MultiHeadAttention |" in (tmp_path / "att.md").read_text()
+    assert kernels["dense GEMM, INT8 (MatMulInteger)"]["x_dense"] > 0
+    sweep = result["head_size_sweep"]
+    assert [r["head_dim"] for r in sweep["rows"]] == [8, 24] and all(r["median_ms"] > 0 for r in sweep["rows"])
+    # Two points: the line goes through both.
+    for r in sweep["rows"]:
+        assert abs(sweep["fixed_ms"] + sweep["ms_per_head_dim"] * r["head_dim"] - r["median_ms"]) < 1e-6
+    assert sweep["int8_gemm_speedup"] == pytest.approx(kernels["dense GEMM, INT8 (MatMulInteger)"]["x_dense"])
+    text = (tmp_path / "att.md").read_text()
+    assert "| ort MultiHeadAttention |" in text and "Least-squares line" in text

@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -508,6 +509,38 @@ def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
     first = done.stderr.strip().splitlines()[0]
     assert first.startswith("tokenpose_cpp: error: ") and message in first, done.stderr
     assert done.stdout == ""
+
+
+def test_aoti_package_is_compiled_with_its_weights_frozen(tiny_pt2):
+    """`freezing` (the default Inductor setting) is ignored when the compile runs with grad mode on:
+    the package then recomputes every BatchNorm and feeds raw weights to addmm. Frozen, the
+    BatchNorms are folded into oneDNN convolutions and the Linears use pre-packed weights."""
+    import zipfile
+
+    with zipfile.ZipFile(tiny_pt2) as z:
+        wrapper = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
+    assert wrapper, f"no wrapper.cpp in {tiny_pt2}"
+    calls = set(re.findall(r"\b(aoti_torch_cpu_\w+|cpp_fused_\w+)\(", wrapper))
+    assert calls, f"no kernel calls found in the wrapper of {tiny_pt2}"
+    assert not [c for c in calls if "batch_norm" in c], f"BatchNorm still computed (not frozen): {sorted(calls)}"
+    assert not [c for c in calls if "addmm" in c] and any("_linear_pointwise" in c for c in calls), (
+        f"the Linears do not run on pre-packed weights (not frozen): {sorted(calls)}"
+    )
+
+
+def test_bench_remakes_aoti_packages_compiled_before_freezing_applied(tiny_pt2, tmp_path):
+    from tokenpose.bench.preparation import cached_artifact
+    from tokenpose.bench.settings import BenchSettings
+
+    pt2, manifest = tmp_path / tiny_pt2.name, tmp_path / f"{tiny_pt2.name}.json"
+    shutil.copy(tiny_pt2, pt2)
+    data = json.loads(Path(f"{tiny_pt2}.json").read_text())
+    assert data["verification"]["frozen"] is True
+    manifest.write_text(json.dumps(data))
+    assert cached_artifact(pt2, None, BenchSettings(batches=[1, 8]))
+    del data["verification"]["frozen"]  # what export_aoti wrote before it compiled under no_grad
+    manifest.write_text(json.dumps(data))
+    assert not cached_artifact(pt2, None, BenchSettings(batches=[1, 8]))
 
 
 def test_aoti_engine_follows_the_engine_protocol(engine, tiny_pt2, tmp_path):

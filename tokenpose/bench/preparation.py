@@ -65,7 +65,8 @@ def _weights_file(variant: str, work: Path, checkpoint: str | None, seed: int) -
 def cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> bool:
     """True when `path` and its manifest exist, match, and were made from these weights with what
     this run asks for: a batch range up to its largest batch (an engine profile is fixed at build
-    time) and, for INT8, the same calibration data and size."""
+    time), for INT8 the same calibration data and size, and for an AOTInductor package a compile
+    whose "freezing" took effect."""
     if not path.is_file():
         return False
     try:
@@ -74,6 +75,8 @@ def cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> bo
         return False
     if manifest.checkpoint_sha256 != weights_sha or manifest.batch.get("max", 0) < max(settings.batches):
         return False
+    if manifest.format == "pt2" and "frozen" not in (manifest.verification or {}):
+        return False  # compiled before export_aoti turned grad mode off: its weights were never frozen
     if manifest.precision == "int8":
         calib = manifest.calibration or {}
         source = calib.get("source")
