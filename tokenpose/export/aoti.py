@@ -126,7 +126,7 @@ def _compile_verified(program, model: torch.nn.Module, out_path: Path, checks: S
         started = time.perf_counter()
         try:
             # Under no_grad: Inductor applies "freezing" only when grad mode is off; with it on, the
-            # setting is silently ignored (unfolded BatchNorms, unpacked weights: 14% slower on CPU).
+            # setting is silently ignored (BatchNorms recomputed, weights not pre-packed: S-v2 1 - 8% slower).
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_pkg),
