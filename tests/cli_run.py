@@ -8,6 +8,7 @@ real signals.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["COLUMNS"] = "200"  # rich wraps long messages at the terminal width; keep one line one line
     env.update(extra)
     return env
+
+
+def sigint_as_usual() -> None:
+    """`preexec_fn` for a child a test stops with SIGINT. A shell without job control starts its
+    background jobs with SIGINT ignored (POSIX) and children inherit that: a suite run that way
+    (`make test &` in a script) would see the CLI shrug the signal off. The child gets the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 300, **env: str) -> CliResult:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_run import COCO_ANN, COCO_IMAGES, ROOT, CliResult, assert_one_line_error, cli_env, run_cli
+from cli_run import (COCO_ANN, COCO_IMAGES, ROOT, CliResult, assert_one_line_error, cli_env, run_cli,
+                     sigint_as_usual)
 from test_engines import build_artifacts
 
 IMAGE = COCO_IMAGES / "000000000785.jpg"  # 640x425, one person
@@ -189,6 +190,7 @@ def _start_and_stop(engine: Path, gt_boxes: Path, out: Path, sig: int) -> int:
         [sys.executable, "-m", "tokenpose.cli.main", "predict", str(COCO_IMAGES), "-e", str(engine),
          "--boxes", str(gt_boxes), "-o", str(out), "-b", "1"],
         cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        preexec_fn=sigint_as_usual,
     )
     log = out / "results.jsonl"
     deadline = time.monotonic() + 240

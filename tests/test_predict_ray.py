@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cli_run import COCO_ANN, COCO_IMAGES, ROOT, cli_env, run_cli
+from cli_run import COCO_ANN, COCO_IMAGES, ROOT, cli_env, run_cli, sigint_as_usual
 from test_engines import build_artifacts
 from test_eval_cli import write_clip
 
@@ -50,7 +50,8 @@ def _predict_ray(setup, source, out, *extra) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tokenpose.cli.main", "predict", str(source), "-e", str(setup["onnx"]),
          "--boxes", str(setup["boxes"]), "-o", str(out), "--ray", *map(str, extra)],
-        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_usual)
 
 
 def test_ray_job_equals_the_local_run(setup, tmp_path):
