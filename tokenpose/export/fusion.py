@@ -44,7 +44,6 @@ import numpy as np
 
 __all__ = ["FUSIONS", "apply_fusions", "fold_quantized_relus", "fuse_attention", "split_matmuls"]
 
-FUSIONS = ("attention", "split_matmul", "quantized_relu")
 _MS_DOMAIN = "com.microsoft"
 
 
@@ -364,6 +363,11 @@ def fold_quantized_relus(proto) -> tuple[object, int]:
     return proto, len(removed) // 3
 
 
+# Each rewrite by the name manifests record; FUSIONS, their order, is the order they are applied in.
+_REWRITES = {"attention": fuse_attention, "split_matmul": split_matmuls, "quantized_relu": fold_quantized_relus}
+FUSIONS = tuple(_REWRITES)
+
+
 def apply_fusions(proto, fusions: tuple[str, ...] | list[str] = FUSIONS) -> tuple[object, dict[str, int]]:
     """Apply the named rewrites (a subset of `FUSIONS`) in order: (model, {fusion: count})."""
     unknown = [f for f in fusions if f not in FUSIONS]
@@ -371,6 +375,5 @@ def apply_fusions(proto, fusions: tuple[str, ...] | list[str] = FUSIONS) -> tupl
         raise ValueError(f"unknown graph fusion(s) {', '.join(map(repr, unknown))}; known: {', '.join(FUSIONS)}")
     counts = {}
     for name in fusions:
-        rewrite = {"attention": fuse_attention, "split_matmul": split_matmuls, "quantized_relu": fold_quantized_relus}
-        proto, counts[name] = rewrite[name](proto)
+        proto, counts[name] = _REWRITES[name](proto)
     return proto, counts
