@@ -10,7 +10,9 @@ call, and the layer's qkv projection as a dense GEMM in the same rounds:
 - `ort MatMul+Softmax+MatMul`: the plain ONNX graph (the exporter's output, unfused);
 - `ort Attention (opset 23)`: the standard op, where this onnxruntime has it;
 - `torch sdpa (flash)`: `scaled_dot_product_attention`, what the torch / AOTInductor engines run;
-- `torch matmul+softmax`: the explicit computation in eager PyTorch.
+- `torch matmul+softmax`: the explicit computation in eager PyTorch;
+- `tokenpose::attention (fused)`: this repository's AVX-512 kernel (tokenpose/csrc/attention_cpu.cpp),
+  what the torch and AOTInductor engines run on such CPUs ("fallback" where it hands over to SDPA).
 
 GFLOP/s counts the two matmuls (4 * B * heads * S^2 * head_dim); "x dense" divides it by the GEMM
 row's GFLOP/s: how far the attention is from the rate the Linear layers reach on this machine. The
@@ -38,6 +40,7 @@ from tokenpose.bench.provenance import collect_provenance
 from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
+from tokenpose.models import fused_attention
 from tokenpose.models.config import ModelConfig, get_config
 
 
@@ -100,6 +103,17 @@ def kernels(batch: int, tokens: int, heads: int, head: int, scale: float, thread
 
     out["torch sdpa (flash)"] = (sdpa, merge)
     out["torch matmul+softmax"] = (explicit, merge)
+    try:
+        fused_attention.ensure_loaded()
+        name = "tokenpose::attention (fused)" + ("" if fused_attention.unavailable_reason() is None else ", fallback")
+
+        def fused():
+            with torch.no_grad():
+                return torch.ops.tokenpose.attention(tq, tk, tv, scale).numpy()
+
+        out[name] = (fused, merge)
+    except fused_attention.FusedAttentionError as exc:
+        print(f"tokenpose::attention: not available here ({str(exc).splitlines()[0][:120]})")
     return out
 
 

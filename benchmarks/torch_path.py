@@ -1,5 +1,6 @@
-"""The torch path side by side: eager attention before/after SDPA, torch.compile, AOTInductor
-packages (Inductor settings compared), and the ONNX FP32 model in ONNX Runtime, on one machine.
+"""The torch path side by side: eager attention before/after SDPA and with the fused CPU kernel
+(tokenpose::attention), torch.compile, AOTInductor packages (Inductor settings, SDPA or the fused
+kernel), and the ONNX FP32 model in ONNX Runtime, on one machine.
 
 Every engine gets the same seeded input; the timed calls are interleaved round by round (engine A,
 B, C, A, B, C, ...) so that load from other processes hits them all alike. Figures are images/s
@@ -38,11 +39,14 @@ from tokenpose.models import create_model
 from tokenpose.models.checkpoints import save_weights
 from tokenpose.models.layers import Attention
 
+# name (no commas: --aoti takes a comma list) -> (Inductor settings, attention through tokenpose::attention)
 AOTI_CONFIGS = {
-    "aoti (no options)": {},
-    "aoti freezing": {"freezing": True},
-    "aoti freezing + max-autotune": {"freezing": True, "max_autotune": True},
+    "aoti no options (SDPA)": ({}, False),
+    "aoti freezing (SDPA)": ({"freezing": True}, False),
+    "aoti freezing (fused attention)": ({"freezing": True}, True),
+    "aoti freezing + max-autotune (fused attention)": ({"freezing": True, "max_autotune": True}, True),
 }
+DEFAULT_AOTI = ("aoti freezing (SDPA)", "aoti freezing (fused attention)")
 
 
 def explicit_attention(self: Attention, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
@@ -70,10 +74,14 @@ def build_engines(variant: str, work: Path, aoti: list[str], max_batch: int, thr
     torch.manual_seed(0)
     model = create_model(variant).eval()
     save_weights(model, pth, variant=variant, random_weights=True)
+    explicit = with_explicit_attention(create_model(variant, pth))
     engines = {
-        "torch eager, explicit attention (before)": TorchEngine(with_explicit_attention(create_model(variant, pth))),
-        "torch eager, SDPA": TorchEngine(create_model(variant, pth)),
-        "torch.compile (freezing)": TorchEngine(create_model(variant, pth), compile=True),
+        "torch eager, explicit attention (before)": TorchEngine(explicit, fused_attention=False),
+        "torch eager, SDPA": TorchEngine(create_model(variant, pth), fused_attention=False),
+        "torch eager, fused attention": TorchEngine(create_model(variant, pth), fused_attention=True),
+        "torch.compile (freezing), SDPA": TorchEngine(create_model(variant, pth), compile=True, fused_attention=False),
+        "torch.compile (freezing), fused attention": TorchEngine(create_model(variant, pth), compile=True,
+                                                                 fused_attention=True),
     }
     summary = export_model(ExportOptions(variant=variant, out_dir=work, checkpoint=pth, engine=False,
                                          batch=f"1:8:{max_batch}"), log=log)
@@ -85,8 +93,9 @@ def build_engines(variant: str, work: Path, aoti: list[str], max_batch: int, thr
     for name in aoti:
         pt2 = work / f"{variant}_{re.sub(r'[^a-z0-9]+', '_', name)}_b{max_batch}.pt2"
         if not pt2.is_file():
+            configs, fused = AOTI_CONFIGS[name]
             done = export_aoti(create_model(variant, pth), pt2, batch=f"1:8:{max_batch}",
-                               inductor_configs=AOTI_CONFIGS[name], log=log)
+                               inductor_configs=configs, fused_attention=fused, log=log)
             info["aoti_compile_s"][name] = done.report["compile_s"]
         engines[name] = AotiEngine.from_file(pt2)
     return engines, info
@@ -115,12 +124,15 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads of torch and ONNX Runtime (0: default)")
-    ap.add_argument("--aoti", default=",".join(AOTI_CONFIGS), help="AOTI settings to compare (names above)")
+    ap.add_argument("--aoti", default=",".join(DEFAULT_AOTI), help=f"AOTI packages to compare: {', '.join(AOTI_CONFIGS)}")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/tokenpose_torch_path"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/torch_path_s-v2"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    aoti = [a for a in args.aoti.split(",") if a]
+    aoti = [a.strip() for a in args.aoti.split(",") if a.strip()]
+    unknown = [a for a in aoti if a not in AOTI_CONFIGS]
+    if unknown:
+        raise SystemExit(f"--aoti: unknown package(s) {unknown}; known: {', '.join(AOTI_CONFIGS)}")
     log = lambda m: print(m, flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)

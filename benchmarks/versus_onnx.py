@@ -16,7 +16,10 @@ that computes something else is refused.
         --engine engines/tokenpose_s-v2_fp32.onnx --engine engines/tokenpose_s-v2_int8.onnx \
         --batches 1,8 --out benchmarks/results/versus_official_s-v2
 
-`--also-fusions attention` adds each artifact a second time, run with only those CPU graph
+Other artifacts (`--engine tokenpose_s-v2_fp32.pt2`, a `.pth`) run as `load_engine` opens them, with
+torch's intra-op threads set to `--threads`.
+
+`--also-fusions attention` adds each ONNX artifact a second time, run with only those CPU graph
 rewrites (`tokenpose.export.fusion`), so that a new rewrite is measured beside the old set.
 """
 
@@ -27,11 +30,13 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tokenpose.bench.provenance import collect_provenance
 from tokenpose.bench.report import machine_line
 from tokenpose.bench.results import write_result_files
 from tokenpose.bench.timing import interleaved_call_times
+from tokenpose.engines.base import load_engine
 from tokenpose.engines.onnx_engine import OnnxEngine
 
 # Largest max |heatmap diff| against the baseline accepted per precision (FP32 must be the same network).
@@ -59,7 +64,8 @@ class Baseline:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", type=Path, required=True, help="the other ONNX model (same input and output)")
-    ap.add_argument("--engine", type=Path, action="append", required=True, help="our ONNX artifact (repeatable)")
+    ap.add_argument("--engine", type=Path, action="append", required=True,
+                    help="our artifact (repeatable): .onnx, or any other file load_engine opens (.pt2, .pth)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
@@ -71,14 +77,19 @@ def main() -> None:
     args = ap.parse_args()
 
     engines: dict = {"baseline": Baseline(args.baseline, args.threads)}
+    torch.set_num_threads(args.threads)  # the torch-based engines (.pt2, .pth)
     for path in args.engine:
+        if path.suffix != ".onnx":  # an AOTInductor package or a checkpoint, as tokenpose-bench opens them
+            engine = load_engine(path, device="cpu")
+            engines[f"tokenpose {engine.name} {engine.precision}"] = engine
+            continue
         engine = OnnxEngine.from_file(path, device="cpu", threads=args.threads)
         engines[f"tokenpose {engine.precision}"] = engine
         if args.also_fusions is not None:
             fusions = [f for f in args.also_fusions.split(",") if f]
             other = OnnxEngine.from_file(path, device="cpu", threads=args.threads, fusions=fusions)
             engines[f"tokenpose {engine.precision} ({'+'.join(fusions) or 'no fusions'})"] = other
-    meta = next(e for e in engines.values() if isinstance(e, OnnxEngine)).meta
+    meta = next(e for name, e in engines.items() if name != "baseline").meta
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         x = np.random.default_rng(batch).standard_normal((batch, 3, *meta.input_hw)).astype(np.float32)

@@ -66,3 +66,17 @@ def coco_mini() -> Path:
 @pytest.fixture(scope="session")
 def mpii_mini() -> Path:
     return MPII_MINI
+
+
+def pytest_sessionstart(session) -> None:
+    """Build the fused attention kernel before any test runs (~20 s once per torch version, then
+    cached): otherwise the first engine or CLI test to need it would pay for it, and print the
+    build's one-line notice into output that some tests compare."""
+    from tokenpose.models import fused_attention
+
+    if fused_attention.unavailable_reason() is None:
+        try:
+            fused_attention.build_library(log=lambda _msg: None)
+        except fused_attention.FusedAttentionError:
+            pass  # tests/test_fused_attention.py reports it
+

@@ -27,6 +27,7 @@ def test_all_attention_forms_agree_with_a_numpy_reference():
     batch, tokens, heads, head, scale = 2, 19, 3, 4, 0.3
     forms = bench.kernels(batch, tokens, heads, head, scale, threads=1)
     assert {"ort MultiHeadAttention", "ort MatMul+Softmax+MatMul", "torch sdpa (flash)"} <= set(forms)
+    assert any(name.startswith("tokenpose::attention") for name in forms)
     rng = np.random.default_rng(0)  # the script's seeded q, k, v, recomputed here
     q, k, v = (rng.standard_normal((batch, tokens, heads * head)).astype(np.float64)
                .reshape(batch, tokens, heads, head).transpose(0, 2, 1, 3) for _ in range(3))

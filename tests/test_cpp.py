@@ -137,6 +137,7 @@ def _cache_key(cfg) -> str:
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{cfg!r}|{BATCH_RANGE}|seed0".encode())
     for path in sorted((ROOT / "tokenpose" / "models").glob("*.py")) + [
         ROOT / "tokenpose" / "export" / "aoti.py", ROOT / "tokenpose" / "manifest.py",
+        ROOT / "tokenpose" / "csrc" / "attention_cpu.cpp",
     ]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -307,6 +308,8 @@ def _with_manifest(model: Path, folder: Path, name: str | None = None, **changes
     copy = folder / (name or model.name)
     shutil.copy(model, copy)
     manifest = json.loads(Path(f"{model}.json").read_text())
+    if manifest.get("op_library"):  # the fused attention library the package calls travels with it
+        shutil.copy(model.parent / manifest["op_library"], folder / manifest["op_library"])
     manifest.update(changes)
     Path(f"{copy}.json").write_text(json.dumps(manifest))
     return copy
@@ -479,6 +482,9 @@ BAD_INPUTS = {
                                "no manifest"),
     "corrupt model": ({"broken.pt2": b"PK\x03\x04 not really a zip", "broken.pt2.json": "manifest"},
                       ["--model", "{tmp}/broken.pt2", "{image}", "{boxes}"], 1, "cannot load the AOTInductor package"),
+    "operator library missing": ({"alone.pt2": None, "alone.pt2.json": "manifest, library missing"},
+                                 ["--model", "{tmp}/alone.pt2", "{image}", "{boxes}"], 1,
+                                 "cannot load the operator library the package calls"),
     "no arguments": ({}, [], 2, "--model MODEL is required"),
     "bad --batch": ({}, ["--model", "{model}", "--batch", "0", "{image}", "{boxes}"], 2, "--batch needs an integer"),
     "bad --warp": ({}, ["--model", "{model}", "--warp", "cubic", "{image}", "{boxes}"], 2, "crop warp must be"),
@@ -491,8 +497,12 @@ def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
     for fname, data in files.items():
         if data is None:
             shutil.copy(tiny_pt2, tmp_path / fname)
-        elif data == "manifest":  # the model's manifest, made to describe the file written before it
+        elif isinstance(data, str):  # "manifest...": the model's manifest, made to describe the file written before it
             manifest = json.loads(Path(str(tiny_pt2) + ".json").read_text())
+            if data == "manifest, library missing":
+                manifest["op_library"] = "missing.attention.so"
+            elif manifest.get("op_library"):
+                shutil.copy(tiny_pt2.parent / manifest["op_library"], tmp_path / manifest["op_library"])
             manifest["artifact"] = fname[: -len(".json")]
             manifest["sha256"] = hashlib.sha256((tmp_path / manifest["artifact"]).read_bytes()).hexdigest()
             (tmp_path / fname).write_text(json.dumps(manifest))
@@ -538,9 +548,10 @@ def test_bench_remakes_aoti_packages_compiled_before_freezing_applied(tiny_pt2, 
     assert data["verification"]["frozen"] is True
     manifest.write_text(json.dumps(data))
     assert cached_artifact(pt2, None, BenchSettings(batches=[1, 8]))
-    del data["verification"]["frozen"]  # what export_aoti wrote before it compiled under no_grad
-    manifest.write_text(json.dumps(data))
-    assert not cached_artifact(pt2, None, BenchSettings(batches=[1, 8]))
+    for key in ("frozen", "attention"):  # what export_aoti wrote before no_grad / before the fused kernel
+        older = {**data, "verification": {k: v for k, v in data["verification"].items() if k != key}}
+        manifest.write_text(json.dumps(older))
+        assert not cached_artifact(pt2, None, BenchSettings(batches=[1, 8])), key
 
 
 def test_aoti_engine_follows_the_engine_protocol(engine, tiny_pt2, tmp_path):
@@ -579,8 +590,45 @@ def test_pt2_is_in_the_engine_suffix_table(tiny_pt2):
     assert isinstance(load_engine(tiny_pt2), AotiEngine)
 
 
+def _wrapper_source(package: Path) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(package) as z:
+        return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
+
+
+def test_aoti_package_calls_the_fused_attention_kernel_where_it_runs(tiny_pt2):
+    from tokenpose.models.fused_attention import unavailable_reason
+
+    manifest = json.loads(Path(f"{tiny_pt2}.json").read_text())
+    wrapper = _wrapper_source(tiny_pt2)
+    if unavailable_reason() is None:  # AVX-512: the package calls tokenpose::attention, its library beside it
+        assert manifest["verification"]["attention"] == "tokenpose::attention"
+        assert manifest["op_library"] == "tiny.attention.so" and (tiny_pt2.parent / "tiny.attention.so").is_file()
+        assert "tokenpose.attention" in wrapper and "flash_attention" not in wrapper
+    else:
+        assert manifest["verification"]["attention"] == "scaled_dot_product_attention"
+        assert manifest["op_library"] is None and "tokenpose.attention" not in wrapper
+
+
+def test_aoti_engine_needs_the_operator_library_beside_the_package(tiny_pt2, tmp_path):
+    from tokenpose.engines.aoti_engine import AotiEngine
+    from tokenpose.errors import TokenPoseError
+
+    if not json.loads(Path(f"{tiny_pt2}.json").read_text())["op_library"]:
+        pytest.skip("this package calls no operator library (no AVX-512 here)")
+    copy = tmp_path / tiny_pt2.name
+    shutil.copy(tiny_pt2, copy)
+    shutil.copy(f"{tiny_pt2}.json", f"{copy}.json")
+    with pytest.raises(TokenPoseError, match="tiny.attention.so, which it needs beside it: .* does not exist"):
+        AotiEngine.from_file(copy)
+
+
 def test_export_aoti_rejects_bad_arguments(tmp_path):
     from tokenpose.export.aoti import export_aoti
+
+    with pytest.raises(ValueError, match="fused_attention is for CPU packages"):
+        export_aoti("t", tmp_path / "model.pt2", device="cuda", fused_attention=True)
 
     with pytest.raises(ValueError, match="must end in .pt2"):
         export_aoti("t", tmp_path / "model.onnx")

@@ -31,16 +31,17 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_versus_onnx_times_both_and_refuses_another_network(tmp_path):
     art = build_artifacts(tmp_path)
     plain_export(load_engine(art["pth"]).model, tmp_path / "same.onnx")  # the weights of the artifact
-    proc = run("--baseline", str(tmp_path / "same.onnx"), "--engine", str(art["onnx"]), "--batches", "1,2",
+    proc = run("--baseline", str(tmp_path / "same.onnx"), "--engine", str(art["onnx"]), "--engine", str(art["pth"]),
+               "--batches", "1,2",
                "--rounds", "2", "--warmup", "0", "--settle-ms", "0", "--also-fusions", "attention",
                "--out", str(tmp_path / "res"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "res.json").read_text())
     rows = {(r["batch"], r["engine"]): r for r in result["rows"]}
-    engines = ("baseline", "tokenpose fp32", "tokenpose fp32 (attention)")
+    engines = ("baseline", "tokenpose fp32", "tokenpose fp32 (attention)", "tokenpose torch fp32")
     assert set(rows) == {(b, e) for b in (1, 2) for e in engines}
     # The second instance ran with only the fusions asked for (this quick artifact's manifest lists none).
-    assert set(result["fusions"]) == set(engines[1:]) and set(result["fusions"][engines[2]]) == {"attention"}
+    assert set(result["fusions"]) == set(engines[1:3]) and set(result["fusions"][engines[2]]) == {"attention"}
     assert all(r["max_abs_diff_vs_baseline"] < 1e-4 and r["images_per_s"] > 0 for r in rows.values())
     assert rows[(1, "baseline")]["x_baseline"] == 1.0 and rows[(1, "baseline")]["x_baseline_paired"] == 1.0
     assert all(r["x_baseline_paired_iqr"][0] <= r["x_baseline_paired"] <= r["x_baseline_paired_iqr"][1]

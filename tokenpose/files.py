@@ -2,7 +2,8 @@
 
 An interrupted write leaves the previous file (or nothing) under the final name, never half a file.
 `check_writable` / `ensure_writable_dir` prove an output can be written before long work starts.
-`remove_stale_temp_files` clears the temp files a killed run left behind.
+`remove_stale_temp_files` clears the temp files a killed run left behind. `user_cache_dir` is where
+the package keeps what it can remake (bench artifacts, chunk-size tables, the compiled attention kernel).
 """
 
 from __future__ import annotations
@@ -131,3 +132,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
 
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+def user_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/tokenpose`, default `~/.cache/tokenpose` (not created here)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenpose"

@@ -122,6 +122,9 @@ class Manifest:
     # ONNX only: how an ONNX Runtime CPU session runs it (graph optimisation level, the in-memory
     # fusions of tokenpose.export.fusion it was verified with, the INT8 kernels it gets).
     onnxruntime: dict | None = None
+    # AOTInductor only: file name (beside the package) of the operator library it calls
+    # (tokenpose::attention, tokenpose.models.fused_attention); loaders load it first. None: none needed.
+    op_library: str | None = None
     sha256: str = ""
     versions: dict[str, str | None] = field(default_factory=dict)
     gpu: str | None = None

@@ -1,12 +1,17 @@
 // AOTInductor back-end: a `.pt2` package from `tokenpose-export --aoti` (torch.export +
 // aoti_compile_and_package), loaded with libtorch's AOTIModelPackageLoader. The package runs on
 // the device it was compiled for (CPU: the exporting machine's instruction set; CUDA: its GPU).
+// A CPU package may call the fused attention operator tokenpose::attention: its manifest then names
+// the operator library beside it (op_library), which is loaded before the package.
+#include <dlfcn.h>
+
 #include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -22,10 +27,24 @@ std::string first_line(const char* what) {
   return end == std::string::npos ? text : text.substr(0, end);
 }
 
+// Load the operator library `name` from the package's folder, unless the process already has the
+// operator (a second copy would register the tokenpose namespace twice).
+void load_op_library(const std::string& package, const std::string& name) {
+  if (c10::Dispatcher::singleton().findSchema({"tokenpose::attention", ""}).has_value()) return;
+  const size_t slash = package.find_last_of('/');
+  const std::string path = (slash == std::string::npos ? std::string(".") : package.substr(0, slash)) + "/" + name;
+  if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    const char* why = dlerror();
+    throw Error(package + ": cannot load the operator library the package calls, " + path + " (" +
+                first_line(why) + "); keep it beside the package");
+  }
+}
+
 class AotiEngine final : public Engine {
  public:
   AotiEngine(const std::string& path, const ModelInfo& info, const EngineOptions& options) : info_(info) {
     if (options.threads > 0) at::set_num_threads(options.threads);
+    if (!info_.op_library.empty()) load_op_library(path, info_.op_library);
     try {
       loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
     } catch (const std::exception& exc) {

@@ -108,6 +108,8 @@ ModelInfo read_model_info(const std::string& artifact_path) {
     info.artifact = field(doc, "artifact", where).get<std::string>();
     info.sha256 = field(doc, "sha256", where).get<std::string>();
     if (doc.contains("gpu") && doc["gpu"].is_string()) info.gpu = doc["gpu"].get<std::string>();
+    if (doc.contains("op_library") && doc["op_library"].is_string())
+      info.op_library = doc["op_library"].get<std::string>();
     if (doc.contains("versions") && doc["versions"].is_object()) {
       const json& v = doc["versions"];
       if (v.contains("tensorrt") && v["tensorrt"].is_string()) info.tensorrt_version = v["tensorrt"].get<std::string>();

@@ -66,7 +66,7 @@ def cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> bo
     """True when `path` and its manifest exist, match, and were made from these weights with what
     this run asks for: a batch range up to its largest batch (an engine profile is fixed at build
     time), for INT8 the same calibration data and size, and for an AOTInductor package a compile
-    whose "freezing" took effect."""
+    whose "freezing" took effect, by an export_aoti that knew the fused attention kernel."""
     if not path.is_file():
         return False
     try:
@@ -75,8 +75,10 @@ def cached_artifact(path: Path, weights_sha: str, settings: BenchSettings) -> bo
         return False
     if manifest.checkpoint_sha256 != weights_sha or manifest.batch.get("max", 0) < max(settings.batches):
         return False
-    if manifest.format == "pt2" and "frozen" not in (manifest.verification or {}):
-        return False  # compiled before export_aoti turned grad mode off: its weights were never frozen
+    if manifest.format == "pt2" and not {"frozen", "attention"} <= set(manifest.verification or {}):
+        # "frozen" absent: compiled before export_aoti turned grad mode off (weights never frozen);
+        # "attention" absent: made before the fused attention kernel, always with SDPA.
+        return False
     if manifest.precision == "int8":
         calib = manifest.calibration or {}
         source = calib.get("source")

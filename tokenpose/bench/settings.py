@@ -8,12 +8,12 @@ against), so the CLI can build its help from `ENGINES` without importing torch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenpose.errors import TokenPoseError
+from tokenpose.files import user_cache_dir
 
 __all__ = [
     "BASELINE_ENGINE",
@@ -27,7 +27,7 @@ __all__ = [
     "parse_names",
 ]
 
-DEFAULT_WORK_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tokenpose" / "bench"
+DEFAULT_WORK_DIR = user_cache_dir() / "bench"
 
 
 class BenchError(TokenPoseError):

@@ -22,6 +22,7 @@ from tokenpose.engines.base import EngineMeta, check_engine_input, check_precisi
 from tokenpose.engines.cpu import retain_freed_memory
 from tokenpose.errors import TokenPoseError
 from tokenpose.manifest import Manifest, read_manifest, unreadable_artifact, verify_manifest
+from tokenpose.models.fused_attention import FusedAttentionError, load_library
 
 
 @contextlib.contextmanager
@@ -104,6 +105,12 @@ class AotiEngine:
             )
         check_precision(path, manifest, precision)
         meta = EngineMeta.from_manifest(manifest, path)
+        if manifest.op_library:  # the package calls tokenpose::attention: its library first
+            try:
+                load_library(path.parent / manifest.op_library)
+            except FusedAttentionError as exc:
+                raise TokenPoseError(f"{path}: the package calls {manifest.op_library}, which it needs beside it: "
+                                     f"{exc} (copy it along, or re-export with fused_attention=False)") from None
         try:
             with _held_torch_logs() as held:
                 runner = aoti_load_package(str(path))

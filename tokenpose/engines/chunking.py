@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tokenpose.engines.cpu import cpu_model
-from tokenpose.files import atomic_write
+from tokenpose.files import atomic_write, user_cache_dir
 
 __all__ = ["TOLERANCE", "auto_chunk_size", "best_chunk_size", "cache_file", "candidate_sizes", "engine_key",
            "measure_throughput", "on_gpu"]
@@ -34,8 +34,7 @@ Table = dict[int, float]  # batch size -> images/s
 
 def cache_file() -> Path:
     """`$XDG_CACHE_HOME/tokenpose/chunk_sizes.json` (default `~/.cache/tokenpose/...`)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "tokenpose" / "chunk_sizes.json"
+    return user_cache_dir() / "chunk_sizes.json"
 
 
 def on_gpu(engine: Any) -> bool:

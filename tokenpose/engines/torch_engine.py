@@ -40,6 +40,7 @@ from tokenpose.models.checkpoints import (
     unwrap_state_dict,
 )
 from tokenpose.models.config import VARIANTS, ModelConfig, get_config
+from tokenpose.models.fused_attention import FusedAttentionError, unavailable_reason
 from tokenpose.models.tokenpose import TokenPose
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -125,6 +126,26 @@ def _device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _switch_attention(model: TokenPose, device: torch.device, precision: str, wanted: bool | None) -> bool:
+    """Turn the fused CPU attention kernel on in `model` when `wanted` (None: where it helps); True if on."""
+    if wanted is False:
+        return False
+    reason = ("it runs float32 on the CPU only" if device.type != "cpu" or precision != "fp32"
+              else "the model is not a TokenPose" if not isinstance(model, TokenPose) else unavailable_reason())
+    try:
+        if reason is not None:
+            raise FusedAttentionError(reason)
+        model.use_fused_attention(True)
+        return True
+    except FusedAttentionError as exc:
+        if wanted:
+            raise TokenPoseError(f"fused_attention=True, but the kernel cannot be used here: {exc}") from None
+        if reason is None and ("fused_attention", "build") not in _warned:  # worth saying once; a plain CPU is not
+            _warned.add(("fused_attention", "build"))
+            warnings.warn(f"TorchEngine: attention through SDPA, the fused kernel failed: {exc}", stacklevel=3)
+        return False
+
+
 class TorchEngine:
     """A TokenPose `nn.Module` behind the Engine protocol.
 
@@ -132,6 +153,10 @@ class TorchEngine:
     precision: "fp32", or "fp16"/"bf16" autocast on the engine's device (`emulated` holds why it
     is slow where the device lacks the instructions, else None); compile: `torch.compile` (Inductor,
     weights frozen in, one graph per batch size: the first call at each size compiles).
+    fused_attention: attention through the fused CPU kernel `tokenpose::attention`
+    (tokenpose.models.fused_attention): None (default) where it helps (FP32 on an AVX-512 CPU, a C++
+    compiler to build it once; else SDPA, with a warning if the build failed), True: required,
+    False: SDPA; `self.fused_attention` says which runs.
     max_batch: the largest batch one call accepts (None: unlimited). micro_batch: run a call in
     slices of at most this many images ("auto": `CPU_MICRO_BATCH` for an eager engine on a CPU, the
     whole batch otherwise; None or 0: always whole). `config` is the model's
@@ -151,6 +176,7 @@ class TorchEngine:
         max_batch: int | None = None,
         micro_batch: int | str | None = "auto",
         manifest: dict[str, Any] | None = None,
+        fused_attention: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise TokenPoseError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -166,6 +192,7 @@ class TorchEngine:
             _warned.add((precision, self.device.type))
             warnings.warn(f"TorchEngine: {self.emulated}", stacklevel=2)
         self.model = fold_batchnorm(model).to(self.device)
+        self.fused_attention = _switch_attention(self.model, self.device, precision, fused_attention)
         if self.device.type == "cpu":
             retain_freed_memory()
         self.micro_batch = micro_batch_size(
@@ -187,6 +214,7 @@ class TorchEngine:
         compile: bool = False,
         max_batch: int | None = None,
         micro_batch: int | str | None = "auto",
+        fused_attention: bool | None = None,
         **unused: Any,
     ) -> TorchEngine:
         """Open a `.pth` checkpoint (official layout, ours or a training checkpoint)."""
@@ -199,7 +227,7 @@ class TorchEngine:
         model = TokenPose(cfg)
         load_official_state_dict(model, ckpt, source=str(path))
         engine = cls(model, device=device, precision=precision, compile=compile, max_batch=max_batch,
-                     micro_batch=micro_batch)
+                     micro_batch=micro_batch, fused_attention=fused_attention)
         engine.manifest = engine._manifest(path, ckpt)
         return engine
 

@@ -30,11 +30,13 @@ import numpy as np
 import torch
 
 from tokenpose.errors import TokenPoseError
+from tokenpose.files import atomic_write
 from tokenpose.manifest import BatchRange, Manifest, sha256_file, write_manifest
 from tokenpose.models import create_model
+from tokenpose.models import fused_attention as attention_kernel
 from tokenpose.models.config import ModelConfig
 
-__all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti"]
+__all__ = ["AOTI_SUFFIX", "AotiExport", "AotiExportError", "aoti_artifact_name", "export_aoti", "op_library_name"]
 
 AOTI_SUFFIX = ".pt2"
 DEFAULT_BATCH = BatchRange(1, 8, 32)
@@ -61,6 +63,39 @@ class AotiExport:
 def aoti_artifact_name(variant: str, precision: str = "fp32") -> str:
     """`tokenpose_<variant>_<precision>.pt2`, the naming of the other exported artifacts."""
     return f"tokenpose_{variant}_{precision}{AOTI_SUFFIX}"
+
+
+def op_library_name(package: str | os.PathLike) -> str:
+    """`tokenpose_s-v2_fp32.attention.so` beside `tokenpose_s-v2_fp32.pt2`: the package's copy of the
+    fused attention library."""
+    return Path(package).name.removesuffix(AOTI_SUFFIX) + ".attention.so"
+
+
+def _attention_library(device: str, wanted: bool | None, log: Callable[[str], None]) -> Path | None:
+    """The fused attention library the package will call (loaded), or None for SDPA.
+
+    wanted None: the kernel when it helps here (CPU package, AVX-512, a compiler to build it);
+    True: the kernel or AotiExportError; False: SDPA."""
+    if device != "cpu" or wanted is False:
+        return None
+    reason = attention_kernel.unavailable_reason()
+    try:
+        if reason is not None:
+            raise attention_kernel.FusedAttentionError(reason)
+        return attention_kernel.ensure_loaded(log=log)
+    except attention_kernel.FusedAttentionError as exc:
+        if wanted:
+            raise AotiExportError(f"fused_attention=True but the kernel cannot be used here: {exc}") from exc
+        log(f"attention: scaled_dot_product_attention (fused kernel not used: {_first_line(exc)})")
+        return None
+
+
+def _publish_library(library: Path, out_path: Path) -> str:
+    """Copy `library` beside the package (atomically); returns its file name."""
+    name = op_library_name(out_path)
+    with atomic_write(out_path.parent / name, "wb") as f:
+        f.write(library.read_bytes())
+    return name
 
 
 def _as_model(model_or_variant, checkpoint) -> tuple[torch.nn.Module, bool]:
@@ -175,6 +210,7 @@ def export_aoti(
     tolerance: float = 1e-4,
     manifest_fields: Mapping[str, Any] | None = None,
     inductor_configs: Mapping[str, Any] | None = None,
+    fused_attention: bool | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> AotiExport:
     """Export a TokenPose model to an AOTInductor package `out_path` (`.pt2`) plus its manifest.
@@ -191,24 +227,43 @@ def export_aoti(
     `random_weights` when a pipeline passes a model it built from a checkpoint itself.
     inductor_configs: `torch._inductor.config` settings for the compile (default
     DEFAULT_INDUCTOR_CONFIGS); they are recorded in the manifest's verification report.
+    fused_attention: CPU packages only. None (default): attention through the fused kernel
+    `tokenpose::attention` where it runs here (AVX-512 CPU, a C++ compiler to build it), else SDPA;
+    True: the kernel or AotiExportError; False: SDPA. A package with the kernel needs its library:
+    a copy is written beside it (`op_library_name`) and named in the manifest (`op_library`); the
+    verification still compares against the eager model with SDPA.
     Returns AotiExport(path, manifest path, report).
     """
     out_path = Path(out_path)
+    if fused_attention and device != "cpu":
+        raise ValueError("fused_attention is for CPU packages; a CUDA package uses scaled_dot_product_attention")
     batch, checks = _checked_args(out_path, batch, device, verify_batches, manifest_fields)
     model, random_weights = _as_model(model_or_variant, checkpoint)
     cfg: ModelConfig = model.config
     model = model.eval().float().to(device)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    program, exported_s = _trace(model, batch, device, log)
+    library = _attention_library(device, fused_attention, log)
+    was_fused = model.uses_fused_attention
+    try:
+        model.use_fused_attention(library is not None)
+        program, exported_s = _trace(model, batch, device, log)
+    finally:
+        model.use_fused_attention(was_fused)
+    reference = model.use_fused_attention(False)  # verified against SDPA, the reference path
     configs = DEFAULT_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs
-    report = _compile_verified(program, model, out_path, checks, device, tolerance, configs, log)
+    try:
+        report = _compile_verified(program, reference, out_path, checks, device, tolerance, configs, log)
+    finally:
+        model.use_fused_attention(was_fused)
     report["export_s"] = round(exported_s, 2)
+    report["attention"] = attention_kernel.OP_NAME if library is not None else "scaled_dot_product_attention"
+    op_library = _publish_library(library, out_path) if library is not None else None
     manifest = Manifest.for_config(
         cfg, artifact=out_path.name, format="pt2", precision="fp32", input_name=INPUT_NAME,
         output_name=OUTPUT_NAME, batch=batch.as_dict(), random_weights=random_weights,
         checkpoint=None if checkpoint is None else Path(checkpoint).name,
         checkpoint_sha256=None if checkpoint is None else sha256_file(checkpoint),
-        verification=report,
+        verification=report, op_library=op_library,
     )
     for key, value in (manifest_fields or {}).items():
         setattr(manifest, key, value)

@@ -52,6 +52,9 @@ class Attention(nn.Module):
         self.scale = scale
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
+        # True: the fused CPU kernel `tokenpose::attention` (tokenpose.models.fused_attention) for
+        # float32 CPU inputs that need no gradient; set by `TokenPose.use_fused_attention`.
+        self.fused_cpu = False
         # A no-op the explain tooling hooks to read attention probabilities; nothing else sees it.
         self.probe = nn.Identity()
 
@@ -69,7 +72,7 @@ class Attention(nn.Module):
             self.probe(self.probabilities(q, k))
         # The fused kernel never stores the (B, heads, N, N) matrix: S-v2's is 19.7 MB per image
         # and layer, which is what made eager batches slower per image than batch 1.
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, heads, N, head_dim)
+        out = self._attend(q, k, v)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
 
     def _first_rows(self, x: torch.Tensor, queries: int) -> torch.Tensor:
@@ -78,8 +81,15 @@ class Attention(nn.Module):
         heads, head_dim = self.heads, dim // self.heads
         q = F.linear(x[:, :queries], self.qkv.weight[:dim]).reshape(b, queries, heads, head_dim).transpose(1, 2)
         kv = F.linear(x, self.qkv.weight[dim:]).reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)  # (B, heads, queries, head_dim)
+        out = self._attend(q, kv[0], kv[1])  # (B, heads, queries, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, queries, dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v: the fused CPU kernel when switched on and usable, else SDPA."""
+        if (self.fused_cpu and q.device.type == "cpu" and q.dtype == torch.float32
+                and not (torch.is_grad_enabled() and q.requires_grad)):
+            return torch.ops.tokenpose.attention(q, k, v, self.scale)
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T * scale): (B, heads, N, head_dim) twice -> (B, heads, N, N), rows summing to 1."""

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 from tokenpose.errors import InputShapeError
 from tokenpose.models.backbones import build_backbone
 from tokenpose.models.config import ModelConfig, get_config
-from tokenpose.models.layers import EncoderLayer, sine_position_table
+from tokenpose.models.fused_attention import ensure_loaded
+from tokenpose.models.layers import Attention, EncoderLayer, sine_position_table
 
 
 class TokenPose(nn.Module):
@@ -67,6 +68,23 @@ class TokenPose(nn.Module):
             elif isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.001)
         nn.init.trunc_normal_(self.keypoint_token, std=0.02)
+
+    def use_fused_attention(self, enabled: bool = True, *, log=None) -> TokenPose:
+        """Run the attention layers through the fused CPU kernel `tokenpose::attention`
+        (tokenpose.models.fused_attention; built on first use) or, with False, through
+        `scaled_dot_product_attention` again. Only float32 CPU inference takes the kernel; training,
+        other devices and dtypes keep SDPA. FusedAttentionError when the kernel cannot be built or
+        loaded. Returns the model."""
+        if enabled:
+            ensure_loaded(log=log)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.fused_cpu = bool(enabled)
+        return self
+
+    @property
+    def uses_fused_attention(self) -> bool:
+        return any(m.fused_cpu for m in self.modules() if isinstance(m, Attention))
 
     def check_input(self, images: torch.Tensor) -> None:
         """Raise a one-line error unless `images` is (B, 3, H, W) at this variant's input size."""

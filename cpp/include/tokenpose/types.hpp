@@ -51,6 +51,7 @@ struct ModelInfo {
   std::string tensorrt_version;  // versions.tensorrt ("10.7.0.23"; engines are tied to it), "" when absent
   std::string gpu;               // GPU an engine was built for (CUDA device name), "" when absent
   std::string opencv_version;    // OpenCV of the exporting Python (versions.opencv / cv2 / opencv-python*), ""
+  std::string op_library;        // AOTInductor: operator library beside the package it calls (op_library), ""
 
   double aspect_ratio() const { return static_cast<double>(input_w) / input_h; }
 };
