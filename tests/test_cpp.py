@@ -137,7 +137,7 @@ def _cache_key(cfg) -> str:
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{cfg!r}|{BATCH_RANGE}|seed0".encode())
     for path in sorted((ROOT / "tokenpose" / "models").glob("*.py")) + [
         ROOT / "tokenpose" / "export" / "aoti.py", ROOT / "tokenpose" / "manifest.py",
-        ROOT / "tokenpose" / "csrc" / "attention_cpu.cpp",
+        ROOT / "tokenpose" / "csrc" / "attention_cpu.cpp", Path(__file__),  # this file: the export arguments
     ]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -165,8 +165,9 @@ def tiny_pt2() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_min2_pt2(tiny_pt2) -> Path:
-    """The same seeded model exported with batch range 2:4:8, cached beside `tiny_pt2` (same key:
-    same model and export sources; it depends on `tiny_pt2`, which clears stale packages first)."""
+    """The same seeded model exported with batch range 2:4:8 and SDPA attention (`fused_attention=False`:
+    the single-file kind of package), cached beside `tiny_pt2` (same key: same model and export
+    sources; it depends on `tiny_pt2`, which clears stale packages first)."""
     from tokenpose.export.aoti import export_aoti
     from tokenpose.models import create_model
 
@@ -176,7 +177,7 @@ def tiny_min2_pt2(tiny_pt2) -> Path:
             torch.manual_seed(0)
             model = create_model(_tiny_config())
             started = time.perf_counter()
-            export_aoti(model, path, batch=MIN2_BATCH_RANGE)
+            export_aoti(model, path, batch=MIN2_BATCH_RANGE, fused_attention=False)
             (path.parent / "export_min2_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     return path
 
@@ -609,6 +610,13 @@ def test_aoti_package_calls_the_fused_attention_kernel_where_it_runs(tiny_pt2):
     else:
         assert manifest["verification"]["attention"] == "scaled_dot_product_attention"
         assert manifest["op_library"] is None and "tokenpose.attention" not in wrapper
+
+
+def test_aoti_package_with_sdpa_is_one_file(tiny_min2_pt2):
+    manifest = json.loads(Path(f"{tiny_min2_pt2}.json").read_text())
+    assert manifest["verification"]["attention"] == "scaled_dot_product_attention" and manifest["op_library"] is None
+    assert "tokenpose.attention" not in _wrapper_source(tiny_min2_pt2)
+    assert not (tiny_min2_pt2.parent / "tiny_min2.attention.so").exists()
 
 
 def test_aoti_engine_needs_the_operator_library_beside_the_package(tiny_pt2, tmp_path):

@@ -176,3 +176,25 @@ def test_onnx_export_of_a_fused_model_writes_standard_attention():
     counts = op_counts(export_onnx_model(model))
     assert counts.get("Softmax") == model.config.depth and not [op for op in counts if "attention" in op.lower()]
     assert model.uses_fused_attention  # switched back after the export
+
+
+def test_export_cli_aoti_sdpa_asks_for_a_package_without_the_operator(monkeypatch, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tokenpose.cli.export import command
+    from tokenpose.export import pipeline
+
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+
+    seen = []
+
+    def fake_export(options, log):  # only what the CLI asks for is checked here
+        seen.append(options)
+        raise pipeline.ExportError("stop here")
+
+    monkeypatch.setattr(pipeline, "export_model", fake_export)
+    for flags, want in (([], None), (["--aoti-sdpa"], False)):
+        CliRunner().invoke(app, ["--variant", "t", "--out", str(tmp_path), "--aoti", *flags])
+        assert seen and seen[-1].aoti and seen[-1].aoti_fused_attention is want

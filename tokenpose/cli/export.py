@@ -56,6 +56,10 @@ def command(
     aoti: Annotated[
         bool, typer.Option("--aoti", help="Also write an AOTInductor package (.pt2) for libtorch and the C++ example (needs a C++ compiler).")
     ] = False,
+    aoti_sdpa: Annotated[
+        bool, typer.Option("--aoti-sdpa", help="The AOTInductor package's attention through scaled_dot_product_attention "
+                           "instead of the fused CPU operator: one file, no .attention.so beside it (slower).")
+    ] = False,
     tf32: Annotated[
         bool, typer.Option("--tf32", help="Let FP32 layers of TensorRT engines use TF32 (default off: FP32 is FP32).")
     ] = False,
@@ -75,6 +79,7 @@ def command(
         calib_size=calib_size, opset=opset, batch=BatchRange.parse(batch), engine=engine, simplify=simplify,
         fp16_keep_head_fp32=fp16_head_fp32, int8_settings=Int8Settings(method=int8_method),
         workspace_gib=workspace, timing_cache=timing_cache, aoti=aoti, int8_gpu=int8_gpu, tf32=tf32, triton=triton,
+        aoti_fused_attention=False if aoti_sdpa else None,
     )
     log = (lambda _msg: None) if as_json else (lambda msg: typer.echo(msg, err=msg.startswith("warning")))
     try:

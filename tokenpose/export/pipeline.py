@@ -107,6 +107,8 @@ class ExportOptions:
     workspace_gib: float = 4.0
     timing_cache: Path | None = None  # default: out_dir / tokenpose.timing.cache
     aoti: bool = False  # also an AOTInductor package (.pt2) for libtorch / the C++ example
+    # its attention: None the fused CPU operator where it runs (library beside the package), False SDPA
+    aoti_fused_attention: bool | None = None
     int8_gpu: bool | None = None
     tf32: bool = False  # let the FP32 layers of TensorRT engines use TF32 (off: "fp32" means FP32)
     triton: bool = False  # also a Triton model repository under out_dir/triton
@@ -204,6 +206,7 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> 
     if options.aoti:
         done = export_aoti(
             model, out_dir / aoti_artifact_name(cfg.name), batch=batch, log=log,
+            fused_attention=options.aoti_fused_attention,
             manifest_fields={k: common[k] for k in ("random_weights", "checkpoint", "checkpoint_sha256")},
         )
         summary.artifacts.append(ExportedArtifact(done.path, done.manifest, "pt2", "fp32", done.report))
