@@ -50,9 +50,12 @@ def layer_shape(cfg: ModelConfig) -> tuple[int, int, int]:
     return cfg.num_joints + (fh // ph) * (fw // pw), cfg.heads, cfg.head_dim
 
 
-def _session(nodes: list, inputs: dict[str, list], opset: int, threads: int, initializers=()):
-    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()]
-    graph = helper.make_graph(nodes, "g", values, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+def _session(nodes: list, inputs: dict[str, list], opset: int, threads: int, initializers=(),
+             types=(TensorProto.FLOAT, TensorProto.FLOAT)):
+    """An ONNX Runtime session of `nodes` with inputs `inputs` (name -> shape) and output "y";
+    `types`: the (inputs, output) element types."""
+    values = [helper.make_tensor_value_info(n, types[0], s) for n, s in inputs.items()]
+    graph = helper.make_graph(nodes, "g", values, [helper.make_tensor_value_info("y", types[1], None)],
                               list(initializers))
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
     opts = ort.SessionOptions()
@@ -131,13 +134,8 @@ def dense_gemm_int8(batch: int, tokens: int, dim: int, threads: int):
     (`MatMulInteger`, the MLAS u8s8 kernel under the INT8 model's MatMulIntegerToFloat)."""
     rng = np.random.default_rng(2)
     w = onnx.numpy_helper.from_array(rng.integers(-127, 128, (dim, 3 * dim)).astype(np.int8), "w")
-    values = [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch * tokens, dim])]
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "g", values,
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)], [w])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = _session([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], {"x": [batch * tokens, dim]}, 17,
+                       threads, [w], types=(TensorProto.UINT8, TensorProto.INT32))
     x = rng.integers(0, 256, (batch * tokens, dim)).astype(np.uint8)
     return lambda: session.run(None, {"x": x})
 

@@ -522,14 +522,18 @@ def test_cpp_bad_input_fails_cleanly(cpp_binary, tiny_pt2, tmp_path, case):
     assert done.stdout == ""
 
 
+def _wrapper_source(package: Path) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(package) as z:
+        return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
+
+
 def test_aoti_package_is_compiled_with_its_weights_frozen(tiny_pt2):
     """`freezing` (the default Inductor setting) is ignored when the compile runs with grad mode on:
     the package then recomputes every BatchNorm and feeds raw weights to addmm. Frozen, the
     BatchNorms are folded into oneDNN convolutions and the Linears use pre-packed weights."""
-    import zipfile
-
-    with zipfile.ZipFile(tiny_pt2) as z:
-        wrapper = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
+    wrapper = _wrapper_source(tiny_pt2)
     assert wrapper, f"no wrapper.cpp in {tiny_pt2}"
     calls = set(re.findall(r"\b(aoti_torch_cpu_\w+|cpp_fused_\w+)\(", wrapper))
     assert calls, f"no kernel calls found in the wrapper of {tiny_pt2}"
@@ -589,13 +593,6 @@ def test_pt2_is_in_the_engine_suffix_table(tiny_pt2):
         "register '.pt2' in BACKENDS (tokenpose/engines/base.py) so load_engine opens AOTInductor packages"
     )
     assert isinstance(load_engine(tiny_pt2), AotiEngine)
-
-
-def _wrapper_source(package: Path) -> str:
-    import zipfile
-
-    with zipfile.ZipFile(package) as z:
-        return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
 
 
 def test_aoti_package_calls_the_fused_attention_kernel_where_it_runs(tiny_pt2):

@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_engines import TINY
 from torch.nn import functional as F
 
 from tokenpose.errors import TokenPoseError
 from tokenpose.models import create_model, fused_attention
-from tokenpose.models.config import VARIANTS
 
 FAST = fused_attention.unavailable_reason() is None  # AVX-512 here: the kernel, not its fallback, runs
 
@@ -75,8 +75,9 @@ def test_operator_rejects_mismatched_inputs():
         torch.ops.tokenpose.attention(q[:, :1], k, v, 0.5)
 
 
-def _tiny(name="t-fused-test"):
-    return dataclasses.replace(VARIANTS["t"], name=name, depth=2, heads=2, dim=32, mlp_hidden=64, head_hidden=32)
+def _tiny():
+    """test_engines' tiny model with two layers: a full one and the pruned last one both attend."""
+    return dataclasses.replace(TINY, name="tiny-t-2", depth=2)
 
 
 def test_model_switch_keeps_heatmaps_and_training():
@@ -86,6 +87,9 @@ def test_model_switch_keeps_heatmaps_and_training():
     with torch.no_grad():
         want = model(x)
         assert model.use_fused_attention() is model and model.uses_fused_attention
+        with model.using_fused_attention(False):  # a block through SDPA, the setting back after it
+            assert not model.uses_fused_attention and torch.equal(model(x), want)
+        assert model.uses_fused_attention
         got = model(x)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
     # With autograd on, the layers keep SDPA (the operator has no backward): training still works.

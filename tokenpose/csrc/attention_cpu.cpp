@@ -15,9 +15,10 @@
 //   3. output: D accumulator registers, one per channel, take a broadcast value element times the
 //      16 probabilities per key; divided by the sums at the end.
 // The (queries, keys) matrix of a block lives in a 16 x keys scratch buffer (50 KB at 785 keys),
-// never in memory as a whole. Supported head sizes: kHeadSizes below; anything else (other sizes,
-// dtypes, devices, strides, or a CPU without AVX-512F) goes to at::scaled_dot_product_attention, with
-// the same output layout, so the op is correct wherever the library loads.
+// never in memory as a whole. Supported head sizes: those of kernel_for below; anything else (other
+// sizes, dtypes, devices, no keys, or a CPU without AVX-512F) goes to at::scaled_dot_product_attention,
+// with the same output layout, so the op is correct wherever the library loads. Inputs whose channels
+// are not contiguous are copied first.
 //
 // Output: (B, H, L, D) with the memory layout of (B, L, H, D), i.e. `out.transpose(1, 2)` of a
 // contiguous tensor: the caller's transpose(1, 2).reshape(B, L, H * D) is then free. The fake

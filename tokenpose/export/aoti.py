@@ -243,18 +243,11 @@ def export_aoti(
     model = model.eval().float().to(device)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     library = _attention_library(device, fused_attention, log)
-    was_fused = model.uses_fused_attention
-    try:
-        model.use_fused_attention(library is not None)
+    with model.using_fused_attention(library is not None):
         program, exported_s = _trace(model, batch, device, log)
-    finally:
-        model.use_fused_attention(was_fused)
-    reference = model.use_fused_attention(False)  # verified against SDPA, the reference path
     configs = DEFAULT_INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs
-    try:
-        report = _compile_verified(program, reference, out_path, checks, device, tolerance, configs, log)
-    finally:
-        model.use_fused_attention(was_fused)
+    with model.using_fused_attention(False):  # verified against SDPA, the reference path
+        report = _compile_verified(program, model, out_path, checks, device, tolerance, configs, log)
     report["export_s"] = round(exported_s, 2)
     report["attention"] = attention_kernel.OP_NAME if library is not None else "scaled_dot_product_attention"
     op_library = _publish_library(library, out_path) if library is not None else None

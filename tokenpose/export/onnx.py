@@ -73,21 +73,15 @@ def export_onnx_model(model: torch.nn.Module, *, opset: int = 17, constant_foldi
     dummy = torch.zeros(2, 3, *cfg.input_hw)
     buf = io.BytesIO()
     # The fused CPU attention operator has no ONNX form: the graph is exported with SDPA.
-    fused = getattr(model, "uses_fused_attention", False)
-    try:
-        if fused:
-            model.use_fused_attention(False)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings about the forward's shape checks
-            torch.onnx.export(
-                model, (dummy,), buf, dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
-                do_constant_folding=constant_folding,
-            )
-    finally:
-        if fused:
-            model.use_fused_attention(True)
+    sdpa = model.using_fused_attention(False) if hasattr(model, "using_fused_attention") else contextlib.nullcontext()
+    with sdpa, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about the forward's shape checks
+        torch.onnx.export(
+            model, (dummy,), buf, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            do_constant_folding=constant_folding,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     proto.producer_name = "tokenpose"
     proto.doc_string = f"TokenPose-{cfg.name}: images (B,3,{cfg.input_hw[0]},{cfg.input_hw[1]}) -> heatmaps"

@@ -35,8 +35,8 @@ import torch
 from tokenpose.errors import TokenPoseError
 from tokenpose.files import user_cache_dir
 
-__all__ = ["OP_NAME", "SOURCE", "FusedAttentionError", "build_library", "cache_dir", "ensure_loaded", "load_library", "loaded_library",
-           "unavailable_reason"]
+__all__ = ["OP_NAME", "SOURCE", "FusedAttentionError", "build_library", "cache_dir", "ensure_loaded", "load_library",
+           "loaded_library", "unavailable_reason"]
 
 OP_NAME = "tokenpose::attention"
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "attention_cpu.cpp"
@@ -47,6 +47,12 @@ _state: dict[str, object] = {"library": None, "fake": False, "error": None}
 
 class FusedAttentionError(TokenPoseError):
     """The fused attention library could not be built or loaded."""
+
+
+def _not_x86() -> str | None:
+    """Why this machine cannot run the kernel at all (not x86-64), or None."""
+    machine = platform.machine()
+    return None if machine.lower() in ("x86_64", "amd64") else f"x86-64 only (this machine: {machine})"
 
 
 def cache_dir() -> Path:
@@ -78,8 +84,8 @@ def build_library(folder: str | os.PathLike | None = None, *, log=None) -> Path:
     interrupted ones never leave a half-written library under the final name.
     FusedAttentionError names the problem (no x86-64 CPU, no compiler, the compiler's error).
     """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise FusedAttentionError(f"the fused attention kernel is x86-64 only (this machine: {platform.machine()})")
+    if (reason := _not_x86()) is not None:
+        raise FusedAttentionError(f"the fused attention kernel is {reason}")
     folder = Path(folder) if folder is not None else cache_dir()
     target = folder / _library_name()
     if target.is_file():
@@ -103,7 +109,8 @@ def build_library(folder: str | os.PathLike | None = None, *, log=None) -> Path:
         done = subprocess.run(_compile_command(compiler, Path(tmp)), capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-            raise FusedAttentionError(f"compiling {SOURCE.name} with {compiler} failed (exit {done.returncode}):\n{tail}")
+            raise FusedAttentionError(
+                f"compiling {SOURCE.name} with {compiler} failed (exit {done.returncode}):\n{tail}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     finally:
@@ -158,8 +165,8 @@ def loaded_library() -> Path | None:
 def ensure_loaded(*, log=None) -> Path:
     """Build (when needed) and load the kernel; returns the library file. FusedAttentionError if it
     cannot (remembered: the process does not try again)."""
-    if _state["library"] is not None:
-        return Path(_state["library"])
+    if (library := loaded_library()) is not None:
+        return library
     if _state["error"] is not None:  # a failed build is not retried (and waited for) in every engine
         raise FusedAttentionError(str(_state["error"]))
     try:
@@ -172,8 +179,8 @@ def ensure_loaded(*, log=None) -> Path:
 def unavailable_reason() -> str | None:
     """Why the fused kernel would not speed anything up here, or None when it would (an x86-64 CPU
     with AVX-512F, torch built for it)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"x86-64 only (this machine: {platform.machine()})"
+    if (reason := _not_x86()) is not None:
+        return reason
     capability = torch.backends.cpu.get_cpu_capability()
     if not capability.startswith("AVX512"):
         return f"the CPU lacks AVX-512 (torch reports {capability}); scaled_dot_product_attention is used"

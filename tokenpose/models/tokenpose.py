@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -77,14 +80,28 @@ class TokenPose(nn.Module):
         loaded. Returns the model."""
         if enabled:
             ensure_loaded(log=log)
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.fused_cpu = bool(enabled)
+        for m in self._attention_layers():
+            m.fused_cpu = bool(enabled)
         return self
+
+    @contextlib.contextmanager
+    def using_fused_attention(self, enabled: bool) -> Iterator[TokenPose]:
+        """`use_fused_attention(enabled)` inside the block, each layer's previous setting back after it."""
+        layers = self._attention_layers()
+        before = [m.fused_cpu for m in layers]
+        self.use_fused_attention(enabled)
+        try:
+            yield self
+        finally:
+            for m, was in zip(layers, before):
+                m.fused_cpu = was
 
     @property
     def uses_fused_attention(self) -> bool:
-        return any(m.fused_cpu for m in self.modules() if isinstance(m, Attention))
+        return any(m.fused_cpu for m in self._attention_layers())
+
+    def _attention_layers(self) -> list[Attention]:
+        return [m for m in self.modules() if isinstance(m, Attention)]
 
     def check_input(self, images: torch.Tensor) -> None:
         """Raise a one-line error unless `images` is (B, 3, H, W) at this variant's input size."""
